@@ -1,0 +1,80 @@
+"""The one subprocess wrapper: argv lists, explicit environment, errors that carry stderr."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from apt_ostree.errors import CommandError
+
+log = logging.getLogger(__name__)
+
+BASE_ENV: Mapping[str, str] = {
+    "LC_ALL": "C.UTF-8",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+}
+
+
+def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment every tool runs with: BASE_ENV, a few host variables, then `extra`."""
+    env = dict(BASE_ENV)
+    for name in ("HOME", "TMPDIR", "SOURCE_DATE_EPOCH", "http_proxy", "https_proxy", "no_proxy"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    env.update(extra or {})
+    return env
+
+
+def _last_lines(text: str, count: int = 5) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-count:])
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input: str | bytes | None = None,
+    capture: bool = True,
+    timeout: float | None = None,
+    what: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run `argv`; raise CommandError (with the tool's stderr) when it fails.
+
+    `what` names the step for the error message; by default the program's name.
+    With capture=False the tool's output goes to our stderr (for long steps a user watches).
+    """
+    args = [str(a) for a in argv]
+    log.debug("running: %s", shlex.join(args))
+    data = input.decode() if isinstance(input, bytes) else input
+    try:
+        proc = subprocess.run(
+            args,
+            env=command_env(env),
+            cwd=cwd,
+            input=data,
+            text=True,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError as e:
+        raise CommandError(f"{args[0]} is not installed") from e
+    except subprocess.TimeoutExpired as e:
+        raise CommandError(f"{what or args[0]} did not finish within {timeout:.0f} s") from e
+    if proc.returncode != 0:
+        detail = _last_lines(proc.stderr or proc.stdout or "")
+        msg = f"{what or Path(args[0]).name} failed (exit {proc.returncode})"
+        raise CommandError(
+            f"{msg}: {detail}" if detail else msg,
+            stderr=proc.stderr or "",
+            returncode=proc.returncode,
+        )
+    return proc

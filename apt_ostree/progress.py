@@ -1,0 +1,96 @@
+"""Progress a user watches: steps, messages, download and percent progress.
+
+Compose and the sysroot verbs report through a `Progress`; the terminal renderer draws a
+progress line on a tty and plain lines otherwise. The daemon (later) turns the same calls
+into transaction signals.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+class Progress:
+    """Base progress sink: records nothing, prints nothing (for library use and tests)."""
+
+    def message(self, text: str) -> None:
+        """A line of information."""
+
+    def step_begin(self, title: str) -> None:
+        """A named step starts."""
+
+    def step_end(self, title: str, seconds: float) -> None:
+        """The step ends."""
+
+    def percent(self, title: str, done: int, total: int) -> None:
+        """Countable progress within the current step."""
+
+    def download(self, done_bytes: int, total_bytes: int, bytes_per_second: float) -> None:
+        """Download progress within the current step."""
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        start = time.monotonic()
+        self.step_begin(title)
+        yield
+        self.step_end(title, time.monotonic() - start)
+
+
+class TerminalProgress(Progress):
+    """Renders to a stream: a redrawn line on a terminal, plain lines otherwise."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._live = False
+        self._last_plain = 0.0
+
+    def _line(self, text: str) -> None:
+        if self._live:
+            self.stream.write("\r\033[K")
+            self._live = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _live_line(self, text: str, *, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+            self._live = True
+            if final:
+                self._line("")
+            self.stream.flush()
+        elif final or time.monotonic() - self._last_plain >= 5:
+            self._last_plain = time.monotonic()
+            self._line(text)
+
+    def message(self, text: str) -> None:
+        self._line(text)
+
+    def step_begin(self, title: str) -> None:
+        self._line(f"==> {title}")
+
+    def step_end(self, title: str, seconds: float) -> None:
+        self._line(f"    {title}: done in {seconds:.1f} s")
+
+    def percent(self, title: str, done: int, total: int) -> None:
+        pct = 100 * done // total if total else 100
+        self._live_line(f"    {title}: {pct:3d}% ({done}/{total})", final=done >= total)
+
+    def download(self, done_bytes: int, total_bytes: int, bytes_per_second: float) -> None:
+        text = (
+            f"    downloading: {human_size(done_bytes)} / {human_size(total_bytes)}"
+            f" at {human_size(bytes_per_second)}/s"
+        )
+        self._live_line(text, final=done_bytes >= total_bytes)

@@ -37,8 +37,10 @@ class Progress:
     def percent(self, title: str, done: int, total: int) -> None:
         """Countable progress within the current step."""
 
-    def download(self, done_bytes: int, total_bytes: int, bytes_per_second: float) -> None:
-        """Download progress within the current step."""
+    def download(
+        self, done_bytes: int, total_bytes: int, bytes_per_second: float, *, final: bool = False
+    ) -> None:
+        """Download progress within the current step; `final` once it is complete."""
 
     @contextmanager
     def step(self, title: str) -> Iterator[None]:
@@ -88,9 +90,11 @@ class TerminalProgress(Progress):
         pct = 100 * done // total if total else 100
         self._live_line(f"    {title}: {pct:3d}% ({done}/{total})", final=done >= total)
 
-    def download(self, done_bytes: int, total_bytes: int, bytes_per_second: float) -> None:
+    def download(
+        self, done_bytes: int, total_bytes: int, bytes_per_second: float, *, final: bool = False
+    ) -> None:
         text = (
             f"    downloading: {human_size(done_bytes)} / {human_size(total_bytes)}"
             f" at {human_size(bytes_per_second)}/s"
         )
-        self._live_line(text, final=done_bytes >= total_bytes)
+        self._live_line(text, final=final)

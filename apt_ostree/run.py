@@ -6,7 +6,8 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from apt_ostree.errors import CommandError
@@ -78,3 +79,48 @@ def run(
             returncode=proc.returncode,
         )
     return proc
+
+
+def run_streaming(
+    argv: Sequence[str | Path],
+    on_line: Callable[[str], None],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    what: str | None = None,
+) -> None:
+    """Run `argv`, handing each line of its merged output to `on_line` as it comes.
+
+    For long steps a user watches (bootstrap, initramfs). Raises CommandError with the last
+    lines of output when the tool fails.
+    """
+    args = [str(a) for a in argv]
+    log.debug("running: %s", shlex.join(args))
+    tail: deque[str] = deque(maxlen=20)
+    try:
+        proc = subprocess.Popen(
+            args,
+            env=command_env(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+    except FileNotFoundError as e:
+        raise CommandError(f"{args[0]} is not installed") from e
+    assert proc.stdout is not None
+    with proc:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            on_line(line)
+    if proc.returncode != 0:
+        text = "\n".join(tail)
+        name = what or Path(args[0]).name
+        raise CommandError(
+            f"{name} failed (exit {proc.returncode}): {_last_lines(text)}",
+            stderr=text,
+            returncode=proc.returncode,
+        )

@@ -1,0 +1,1 @@
+"""The `apt-ostree` command line."""

@@ -1,0 +1,66 @@
+"""`apt-ostree`: parse the command line, run the verb, map errors onto exit codes.
+
+Exit codes (DESIGN.md): 0 done, 1 failed (one `error:` line; a traceback only with
+--debug), 2 usage, 77 nothing changed where --unchanged-exit-77 asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from apt_ostree import __version__
+from apt_ostree.cli import compose
+from apt_ostree.errors import AptOstreeError, UnchangedError, UsageError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNCHANGED = 77
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="apt-ostree", description="Hybrid image/package system for Debian")
+    parser.add_argument("--version", action="version", version=f"apt-ostree {__version__}")
+    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    verbs.required = True
+    compose.register(verbs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args = build_parser().parse_args(args_list)
+        result: int = args.func(args)
+        return result
+    except UnchangedError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_UNCHANGED
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except AptOstreeError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Bootstrapping a root filesystem with mmdebstrap from an exact, already downloaded set.
+
+The resolver has fixed every package's version and the .debs are in the cache, so
+mmdebstrap runs with `--variant=custom` and the full closure as `name=version`, on apt
+lists and archives linked in from our apt state (`--skip=update`): it touches no network
+and cannot pick a different version than the one resolved and hashed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from apt_ostree.aptpkg import ResolvedPackage
+from apt_ostree.progress import Progress
+from apt_ostree.run import run_streaming
+
+
+@dataclass(frozen=True)
+class BootstrapInput:
+    suite: str
+    sources_file: Path  # deb822 sources; they stay in the image's /etc/apt
+    lists_dir: Path  # apt lists matching sources_file
+    packages: tuple[ResolvedPackage, ...]
+    debs: tuple[Path, ...]  # the downloaded .debs of `packages`
+    source_date_epoch: int | None = None
+
+
+def link_or_copy(src: Path, dest: Path) -> None:
+    """Hardlink `src` to `dest` (same filesystem), else copy it."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def _seed(target: Path, inp: BootstrapInput) -> None:
+    lists = target / "var/lib/apt/lists"
+    archives = target / "var/cache/apt/archives"
+    (lists / "partial").mkdir(parents=True, exist_ok=True)
+    (archives / "partial").mkdir(parents=True, exist_ok=True)
+    for f in inp.lists_dir.iterdir():
+        if f.is_file() and f.name != "lock":
+            link_or_copy(f, lists / f.name)
+    for deb in inp.debs:
+        link_or_copy(deb, archives / deb.name)
+
+
+def mmdebstrap_argv(target: Path, inp: BootstrapInput) -> list[str]:
+    include = ",".join(
+        f"{p.name}:{p.architecture}={p.version}"
+        if p.architecture != "all"
+        else f"{p.name}={p.version}"
+        for p in inp.packages
+    )
+    return [
+        "mmdebstrap",
+        "--mode=root",
+        "--format=directory",
+        "--variant=custom",
+        "--skip=update,check/empty",
+        # dpkg's own lines ("Setting up ...") drive the progress count
+        "--verbose",
+        f"--include={include}",
+        inp.suite,
+        str(target),
+        str(inp.sources_file),
+    ]
+
+
+def bootstrap_env(inp: BootstrapInput) -> Mapping[str, str]:
+    env = {
+        # The kernel's postinst must not build an initramfs into /boot: compose builds
+        # one with dracut into /usr/lib/modules (see shared/notes/booting.md).
+        "INITRD": "No",
+    }
+    if inp.source_date_epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(inp.source_date_epoch)
+    return env
+
+
+def bootstrap(target: Path, inp: BootstrapInput, progress: Progress) -> None:
+    """Install exactly `inp.packages` into the empty folder `target`."""
+    target.mkdir(parents=True, exist_ok=True)
+    _seed(target, inp)
+    count = len(inp.packages)
+    state = {"configured": 0}
+
+    def on_line(line: str) -> None:
+        if line.startswith(("I: ", "W: ", "E: ")):
+            progress.message(f"    {line[3:]}")
+        elif line.startswith("Setting up "):
+            state["configured"] += 1
+            progress.percent("configuring", min(state["configured"], count), count)
+
+    run_streaming(mmdebstrap_argv(target, inp), on_line, env=bootstrap_env(inp), what="mmdebstrap")

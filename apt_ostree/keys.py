@@ -1,0 +1,42 @@
+"""Names defined once: commit metadata keys, bus names, object paths, polkit actions."""
+
+from __future__ import annotations
+
+# ---- commit metadata (DESIGN.md "Commit metadata") ----
+VERSION = "version"  # ostree's standard key
+PACKAGES = "aptostree.packages"  # a(sss): name, version, architecture
+INPUTHASH = "aptostree.inputhash"
+TREEFILE = "aptostree.treefile"  # flattened treefile, JSON
+CLIENTLAYER = "aptostree.clientlayer"
+BASE_CHECKSUM = "aptostree.base-checksum"
+REQUESTED_PACKAGES = "aptostree.requested-packages"
+REQUESTED_LOCAL_PACKAGES = "aptostree.requested-local-packages"
+OVERRIDE_REMOVE = "aptostree.override-remove"
+OVERRIDE_REPLACE = "aptostree.override-replace"
+SOURCE_TITLE = "ostree.source-title"
+
+METADATA_TYPES: dict[str, str] = {
+    VERSION: "s",
+    PACKAGES: "a(sss)",
+    INPUTHASH: "s",
+    TREEFILE: "s",
+    CLIENTLAYER: "b",
+    BASE_CHECKSUM: "s",
+    REQUESTED_PACKAGES: "as",
+    REQUESTED_LOCAL_PACKAGES: "as",
+    OVERRIDE_REMOVE: "as",
+    OVERRIDE_REPLACE: "as",
+    SOURCE_TITLE: "s",
+}
+
+# Bump when the same inputs would now give a different tree (postprocessing changed), so
+# that no-change detection does not keep an image made by an older apt-ostree.
+COMPOSE_FORMAT = 1
+
+# ---- D-Bus ----
+BUS_NAME = "org.aptostree.AptOstree1"
+OBJECT_ROOT = "/org/aptostree/AptOstree1"
+SYSROOT_PATH = f"{OBJECT_ROOT}/Sysroot"
+INTERFACE_SYSROOT = f"{BUS_NAME}.Sysroot"
+INTERFACE_OS = f"{BUS_NAME}.OS"
+INTERFACE_TRANSACTION = f"{BUS_NAME}.Transaction"

@@ -1,0 +1,329 @@
+"""Treefiles: the YAML (or JSON) description of a composed image.
+
+Keys follow rpm-ostree's treefile where one exists (see docs/treefile.md). Loading a
+treefile resolves `include` (the including file's scalars override, lists concatenate,
+mappings merge), substitutes `${name}` variables, checks every key and type, and produces a
+frozen `Treefile` plus its flattened form (what goes into the commit's metadata).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apt_ostree.errors import TreefileError
+
+
+class Variant(StrEnum):
+    """The base package set, named as mmdebstrap's variants."""
+
+    CUSTOM = "custom"  # only `packages`
+    ESSENTIAL = "essential"  # Essential: yes
+    APT = "apt"  # essential + apt
+    REQUIRED = "required"  # essential + Priority: required + apt
+    MINBASE = "minbase"  # the same as required, debootstrap's name
+    IMPORTANT = "important"  # required + Priority: important
+    STANDARD = "standard"  # important + Priority: standard
+
+
+@dataclass(frozen=True)
+class RepoEntry:
+    """One deb822-style apt source of a treefile."""
+
+    uris: tuple[str, ...]
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+    signed_by: str | None = None
+
+
+@dataclass(frozen=True)
+class AddFile:
+    source: Path
+    dest: str
+
+
+@dataclass(frozen=True)
+class Treefile:
+    path: Path
+    ref: str
+    suite: str | None = None
+    repos: tuple[RepoEntry, ...] | None = None
+    packages: tuple[str, ...] = ()
+    exclude_packages: tuple[str, ...] = ()
+    recommends: bool = False
+    variant: Variant = Variant.MINBASE
+    automatic_version_prefix: str | None = None
+    units: tuple[str, ...] = ()
+    default_target: str | None = None
+    add_files: tuple[AddFile, ...] = ()
+    remove_files: tuple[str, ...] = ()
+    postprocess: tuple[str, ...] = ()  # script texts; postprocess-script comes first
+    initramfs_args: tuple[str, ...] = ()
+    machineid_compat: bool = True
+    flattened: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def flattened_json(self) -> str:
+        return json.dumps(self.flattened, sort_keys=True, separators=(",", ":"))
+
+    def external_files_digest(self) -> dict[str, str]:
+        """sha256 of every file the treefile names, keyed by its destination."""
+        return {a.dest: _sha256_file(a.source) for a in self.add_files}
+
+
+# key -> (python type(s) of the raw value, human description)
+_SCALARS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "ref": (str, "a string"),
+    "suite": (str, "a string"),
+    "recommends": (bool, "true or false"),
+    "variant": (str, "a string"),
+    "automatic-version-prefix": ((str, int, float), "a string"),
+    "default-target": (str, "a string"),
+    "postprocess-script": (str, "a path"),
+    "machineid-compat": (bool, "true or false"),
+}
+_STRING_LISTS = (
+    "packages",
+    "exclude-packages",
+    "units",
+    "remove-files",
+    "postprocess",
+    "initramfs-args",
+)
+_OTHER = ("repos", "add-files", "include", "variables")
+KNOWN_KEYS = frozenset(_SCALARS) | frozenset(_STRING_LISTS) | frozenset(_OTHER)
+_REPO_KEYS = frozenset({"uris", "suites", "components", "signed-by", "types"})
+_VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
+_REF_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _parse_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise TreefileError(f"cannot read treefile {path}: {e.strerror}") from e
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        detail = str(e).replace("\n", " ")
+        raise TreefileError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: " f"{detail}"
+        ) from e
+    if not isinstance(data, dict):
+        raise TreefileError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def _check_types(path: Path, data: Mapping[str, Any]) -> None:
+    for key, value in data.items():
+        if key not in KNOWN_KEYS:
+            raise TreefileError(f"{path}: unknown key '{key}'")
+        if key in _SCALARS:
+            types, what = _SCALARS[key]
+            if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
+                raise TreefileError(
+                    f"{path}: key '{key}': expected {what}, " f"got {type(value).__name__}"
+                )
+        elif key in _STRING_LISTS:
+            _check_string_list(path, key, value)
+    _check_other_types(path, data)
+
+
+def _check_string_list(path: Path, key: str, value: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TreefileError(f"{path}: key '{key}': expected a list of strings")
+
+
+def _check_other_types(path: Path, data: Mapping[str, Any]) -> None:
+    include = data.get("include", [])
+    if not isinstance(include, str | list) or (
+        isinstance(include, list) and not all(isinstance(i, str) for i in include)
+    ):
+        raise TreefileError(f"{path}: key 'include': expected a path or a list of paths")
+    variables = data.get("variables", {})
+    if not isinstance(variables, dict) or not all(
+        isinstance(v, str | int | float) and not isinstance(v, bool) for v in variables.values()
+    ):
+        raise TreefileError(f"{path}: key 'variables': expected a mapping of names to strings")
+    add_files = data.get("add-files", [])
+    if not isinstance(add_files, list) or not all(
+        isinstance(a, list) and len(a) == 2 and all(isinstance(s, str) for s in a)
+        for a in add_files
+    ):
+        raise TreefileError(f"{path}: key 'add-files': expected a list of [source, destination]")
+    repos = data.get("repos", [])
+    if not isinstance(repos, list) or not all(isinstance(r, dict) for r in repos):
+        raise TreefileError(f"{path}: key 'repos': expected a list of deb822-style mappings")
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` is the including file: its scalars win, lists concatenate, mappings merge."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, list) and isinstance(out.get(key), list):
+            out[key] = out[key] + value
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _absolutize(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Make the file paths a treefile names relative to that treefile's folder."""
+    out = dict(data)
+    base = path.parent
+    if "postprocess-script" in out:
+        out["postprocess-script"] = str(base / out["postprocess-script"])
+    if "add-files" in out:
+        out["add-files"] = [[str(base / src), dest] for src, dest in out["add-files"]]
+    return out
+
+
+def _load_merged(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise TreefileError(f"{path}: include cycle: {chain}")
+    data = _parse_file(path)
+    _check_types(path, data)
+    includes = data.pop("include", [])
+    merged: dict[str, Any] = {}
+    for inc in [includes] if isinstance(includes, str) else includes:
+        merged = _merge(merged, _load_merged(path.parent / inc, (*seen, path)))
+    return _merge(merged, _absolutize(path, data))
+
+
+def _substitute(path: Path, value: Any, variables: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def repl(m: re.Match[str]) -> str:
+            if m.group(1) not in variables:
+                raise TreefileError(f"{path}: unknown variable '${{{m.group(1)}}}'")
+            return variables[m.group(1)]
+
+        return _VAR_RE.sub(repl, value)
+    if isinstance(value, list):
+        return [_substitute(path, v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(path, v, variables) for k, v in value.items()}
+    return value
+
+
+def _as_tuple(path: Path, key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TreefileError(f"{path}: key 'repos' entry '{key}': expected a string or list of strings")
+
+
+def _repo_entry(path: Path, raw: Mapping[str, Any]) -> RepoEntry:
+    for key in raw:
+        if key not in _REPO_KEYS:
+            raise TreefileError(f"{path}: key 'repos': unknown field '{key}'")
+    for key in ("uris", "suites", "components"):
+        if key not in raw:
+            raise TreefileError(f"{path}: key 'repos': an entry has no '{key}'")
+    if raw.get("types", "deb") not in ("deb", ["deb"]):
+        raise TreefileError(f"{path}: key 'repos': only 'types: deb' is supported")
+    signed_by = raw.get("signed-by")
+    if signed_by is not None and not isinstance(signed_by, str):
+        raise TreefileError(f"{path}: key 'repos': 'signed-by' must be a path or a key block")
+    if signed_by and not signed_by.lstrip().startswith("-----") and not Path(signed_by).exists():
+        raise TreefileError(f"{path}: key 'repos': signed-by keyring {signed_by} does not exist")
+    return RepoEntry(
+        uris=_as_tuple(path, "uris", raw["uris"]),
+        suites=_as_tuple(path, "suites", raw["suites"]),
+        components=_as_tuple(path, "components", raw["components"]),
+        signed_by=signed_by,
+    )
+
+
+def _variant(path: Path, value: str) -> Variant:
+    try:
+        return Variant(value)
+    except ValueError:
+        names = ", ".join(v.value for v in Variant)
+        raise TreefileError(f"{path}: key 'variant': '{value}' is not one of {names}") from None
+
+
+def _read_script(path: Path, script: str) -> str:
+    try:
+        return Path(script).read_text()
+    except OSError as e:
+        raise TreefileError(
+            f"{path}: key 'postprocess-script': cannot read {script}: " f"{e.strerror}"
+        ) from e
+
+
+def _check_values(path: Path, data: Mapping[str, Any]) -> None:
+    if "ref" not in data:
+        raise TreefileError(f"{path}: missing required key 'ref'")
+    if not _REF_RE.match(data["ref"]):
+        raise TreefileError(f"{path}: key 'ref': '{data['ref']}' is not a valid OSTree ref")
+    for src, dest in data.get("add-files", []):
+        if not Path(src).is_file():
+            raise TreefileError(f"{path}: key 'add-files': {src} is not a file")
+        if not dest.startswith("/"):
+            raise TreefileError(f"{path}: key 'add-files': destination {dest} is not absolute")
+
+
+def builtin_variables() -> dict[str, str]:
+    """Variables every treefile may use without defining them."""
+    from apt_ostree.aptpkg import native_architecture
+
+    return {"basearch": native_architecture()}
+
+
+def load(path: Path | str) -> Treefile:
+    """Load, merge, substitute and check a treefile; raise TreefileError naming the problem."""
+    path = Path(path)
+    data = _load_merged(path, ())
+    variables = {**builtin_variables(), **{k: str(v) for k, v in data.pop("variables", {}).items()}}
+    data = _substitute(path, data, variables)
+    _check_values(path, data)
+    scripts = list(data.get("postprocess", []))
+    if "postprocess-script" in data:
+        scripts.insert(0, _read_script(path, data.pop("postprocess-script")))
+        data["postprocess"] = scripts
+    add_files = tuple(AddFile(Path(s), d) for s, d in data.get("add-files", []))
+    flattened = dict(data)
+    if add_files:
+        # Host paths vary between machines; the content is what matters (reproducibility).
+        flattened["add-files"] = [[_sha256_file(a.source), a.dest] for a in add_files]
+    repos = data.get("repos")
+    return Treefile(
+        path=path,
+        ref=data["ref"],
+        suite=data.get("suite"),
+        repos=None if repos is None else tuple(_repo_entry(path, r) for r in repos),
+        packages=tuple(data.get("packages", [])),
+        exclude_packages=tuple(data.get("exclude-packages", [])),
+        recommends=data.get("recommends", False),
+        variant=_variant(path, data.get("variant", Variant.MINBASE.value)),
+        automatic_version_prefix=(
+            None
+            if "automatic-version-prefix" not in data
+            else str(data["automatic-version-prefix"])
+        ),
+        units=tuple(data.get("units", [])),
+        default_target=data.get("default-target"),
+        add_files=add_files,
+        remove_files=tuple(data.get("remove-files", [])),
+        postprocess=tuple(scripts),
+        initramfs_args=tuple(data.get("initramfs-args", [])),
+        machineid_compat=data.get("machineid-compat", True),
+        flattened=flattened,
+    )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from apt_ostree import treefile as treefile_mod
+from apt_ostree.compose.commit import CommitRootfsOptions, commit_rootfs
 from apt_ostree.compose.tree import (
     DEFAULT_CACHEDIR,
     ComposeOptions,
@@ -15,7 +16,7 @@ from apt_ostree.compose.tree import (
     compose_tree,
     source_date_epoch_from_env,
 )
-from apt_ostree.errors import UnchangedError
+from apt_ostree.errors import UnchangedError, UsageError
 from apt_ostree.progress import TerminalProgress, human_size
 
 
@@ -49,6 +50,19 @@ def register(verbs: Any) -> None:
         help="exit 77 when there is nothing new to commit",
     )
     tree.set_defaults(func=cmd_tree)
+    commit = sub.add_parser("commit", help="postprocess and commit a rootfs made by another tool")
+    commit.add_argument("rootfs", type=Path, help="a folder or a tarball")
+    commit.add_argument("--repo", type=Path, required=True, help="an existing OSTree repository")
+    commit.add_argument("--branch", "-b", required=True, help="the ref to commit to")
+    commit.add_argument(
+        "--add-metadata-string",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only version=VALUE is supported",
+    )
+    commit.add_argument("--cachedir", type=Path, default=DEFAULT_CACHEDIR)
+    commit.set_defaults(func=cmd_commit)
 
 
 def _print_result(result: ComposeResult) -> None:
@@ -85,4 +99,33 @@ def cmd_tree(args: argparse.Namespace) -> int:
     _print_result(result)
     if not result.changed and not args.dry_run and args.unchanged_exit_77:
         raise UnchangedError(f"{result.ref}: nothing changed")
+    return 0
+
+
+def _version_arg(pairs: list[str]) -> str | None:
+    version = None
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key != "version":
+            raise UsageError(f"--add-metadata-string: expected version=VALUE, got '{pair}'")
+        version = value
+    return version
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    if not args.rootfs.exists():
+        raise UsageError(f"{args.rootfs}: no such file or folder")
+    options = CommitRootfsOptions(
+        repo=args.repo.absolute(),
+        branch=args.branch,
+        rootfs=args.rootfs.absolute(),
+        cachedir=args.cachedir.absolute(),
+        version=_version_arg(args.add_metadata_string),
+        source_date_epoch=source_date_epoch_from_env(),
+    )
+    result = commit_rootfs(options, TerminalProgress(sys.stderr))
+    print(f"Committed {result.checksum}")
+    print(f"  ref:      {args.branch}")
+    print(f"  packages: {result.packages}")
+    print(f"  size:     {human_size(result.size)}")
     return 0

@@ -102,7 +102,7 @@ def _previous_commit(repo_path: Path, ref: str) -> ostree.CommitInfo | None:
 
 
 @contextmanager
-def _workdir(cachedir: Path) -> Iterator[Path]:
+def workdir(cachedir: Path) -> Iterator[Path]:
     base = cachedir / "tmp"
     base.mkdir(parents=True, exist_ok=True)
     path = Path(tempfile.mkdtemp(prefix="compose-", dir=base))
@@ -169,7 +169,7 @@ def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress
         )
     with progress.step("Downloading packages"):
         debs = apt.download(packages, progress)
-    with _workdir(options.cachedir) as work:
+    with workdir(options.cachedir) as work:
         rootfs = work / "rootfs"
         with progress.step("Bootstrapping the tree"):
             bootstrap(

@@ -193,8 +193,10 @@ class _Acquire(AcquireProgress):
             self.failures.append(f"{item.description}: {owner.error_text}")
 
     def pulse(self, owner: Any) -> bool:
-        total = max(int(self.total_bytes), 1)
-        self.progress.download(int(self.current_bytes), total, float(self.current_cps))
+        if self.current_bytes and self.total_bytes:
+            self.progress.download(
+                int(self.current_bytes), int(self.total_bytes), float(self.current_cps)
+            )
         return True
 
     def stop(self) -> None:
@@ -277,6 +279,8 @@ class AptRoot:
             "Acquire::AllowInsecureRepositories": "false",
             "APT::Get::AllowUnauthenticated": "false",
             "Debug::NoLocking": "true",
+            # Uncompressed lists: record lookups in compressed ones cost ~5 ms each
+            "Acquire::GzipIndexes": "false",
         }
         for key, value in settings.items():
             c.set(key, value)
@@ -326,7 +330,9 @@ class AptRoot:
     def resolve(self, request: Request) -> list[ResolvedPackage]:
         """The exact closure of `request`, sorted by name; PackageError names every problem."""
         cache, depcache = self._open(request.recommends)
-        _Resolver(cache, depcache, request).run()
+        # one action group: apt's mark-and-sweep runs once at the end, not per mark_install
+        with apt_pkg.ActionGroup(depcache):
+            _Resolver(cache, depcache, request).run()
         return self._marked(cache, depcache)
 
     def _marked(self, cache: Any, depcache: Any) -> list[ResolvedPackage]:

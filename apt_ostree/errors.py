@@ -54,3 +54,9 @@ class UnchangedError(AptOstreeError):
 
 def dbus_error_name(error: AptOstreeError) -> str:
     return f"{ERROR_PREFIX}.{error.dbus_name}"
+
+
+class PostprocessError(AptOstreeError):
+    """A tree could not be turned into the committed layout (a step or a user script failed)."""
+
+    dbus_name = "PostprocessFailed"

@@ -154,7 +154,8 @@ def report(count: int, base: float, cold: float, warm: float, rounds: int) -> No
     lines = [
         "## Compose (issue 2)",
         "",
-        f"`examples/minimal.yaml`, {count} packages; {machine_line()}; median of {rounds} round(s).",
+        f"`examples/minimal.yaml`, {count} packages; {machine_line()};"
+        f" median of {rounds} round(s).",
         "",
         "| measure | seconds | ratio | goal |",
         "| --- | --- | --- | --- |",

@@ -34,14 +34,20 @@ def test_json_is_accepted(tmp_path: Path) -> None:
 
 
 def test_include_scalars_override_lists_concatenate(tmp_path: Path) -> None:
-    write(tmp_path / "base.yaml", "ref: os/base\nvariant: essential\npackages: [a, b]\n"
-          "units: [one.service]\nvariables: {x: base, y: kept}\n")
+    write(
+        tmp_path / "base.yaml",
+        "ref: os/base\nvariant: essential\npackages: [a, b]\n"
+        "units: [one.service]\nvariables: {x: base, y: kept}\n",
+    )
     sub = tmp_path / "sub"
     sub.mkdir()
     write(sub / "mid.yaml", "include: ../base.yaml\npackages: [c]\n")
-    t = treefile.load(write(tmp_path / "top.yaml",
-                            "include: [sub/mid.yaml]\nref: os/${x}-${y}\npackages: [d]\n"
-                            "variables: {x: top}\n"))
+    t = treefile.load(
+        write(
+            tmp_path / "top.yaml",
+            "include: [sub/mid.yaml]\nref: os/${x}-${y}\npackages: [d]\n" "variables: {x: top}\n",
+        )
+    )
     assert t.ref == "os/top-kept"
     assert t.packages == ("a", "b", "c", "d")
     assert t.variant == Variant.ESSENTIAL
@@ -59,9 +65,14 @@ def test_postprocess_script_and_add_files_relative_to_treefile(tmp_path: Path) -
     d.mkdir()
     write(d / "post.sh", "#!/bin/sh\necho hi\n")
     write(d / "motd", "hello\n")
-    t = treefile.load(write(d / "t.yaml", "ref: os/x\npostprocess-script: post.sh\n"
-                            "postprocess: ['#!/bin/sh\n\necho inline\n']\n"
-                            "add-files: [[motd, /usr/share/motd-extra]]\n"))
+    t = treefile.load(
+        write(
+            d / "t.yaml",
+            "ref: os/x\npostprocess-script: post.sh\n"
+            "postprocess: ['#!/bin/sh\n\necho inline\n']\n"
+            "add-files: [[motd, /usr/share/motd-extra]]\n",
+        )
+    )
     assert t.postprocess[0] == "#!/bin/sh\necho hi\n"
     assert "inline" in t.postprocess[1]
     assert t.add_files[0].source == d / "motd"
@@ -73,13 +84,18 @@ def test_postprocess_script_and_add_files_relative_to_treefile(tmp_path: Path) -
 
 def test_repos_entries(tmp_path: Path) -> None:
     key = write(tmp_path / "key.gpg", "x")
-    t = treefile.load(write(tmp_path / "t.yaml", f"""ref: os/x
+    t = treefile.load(
+        write(
+            tmp_path / "t.yaml",
+            f"""ref: os/x
 repos:
   - uris: http://127.0.0.1:1/debian
     suites: [stable, stable-updates]
     components: main contrib
     signed-by: {key}
-"""))
+""",
+        )
+    )
     assert t.repos is not None
     (r,) = t.repos
     assert r.uris == ("http://127.0.0.1:1/debian",)
@@ -103,8 +119,10 @@ repos:
         ("ref: os/x\nadd-files: [[a]]\n", "key 'add-files': expected a list of [source, dest"),
         ("ref: os/x\nadd-files: [[missing, /x]]\n", "missing is not a file"),
         ("ref: os/x\nrepos: [{uris: x, suites: y}]\n", "an entry has no 'components'"),
-        ("ref: os/x\nrepos: [{uris: x, suites: y, components: z, mirror: 1}]\n",
-         "unknown field 'mirror'"),
+        (
+            "ref: os/x\nrepos: [{uris: x, suites: y, components: z, mirror: 1}]\n",
+            "unknown field 'mirror'",
+        ),
         ("ref: os/x\npostprocess-script: none.sh\n", "cannot read"),
         ("- a\n- b\n", "expected a mapping of keys"),
         ("ref: os/x\n  bad: [\n", "not valid YAML"),

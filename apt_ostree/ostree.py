@@ -146,3 +146,25 @@ def list_refs(repo: Any) -> Sequence[str]:
     except GLib.Error as e:
         raise _fail("cannot list refs", e) from e
     return sorted(refs)
+
+
+def gpg_sign_commit(repo: Any, checksum: str, key_id: str, homedir: Path | None) -> None:
+    """Attach a GPG signature (a detached-metadata entry) to a commit."""
+    try:
+        repo.sign_commit(checksum, key_id, str(homedir) if homedir else None, None)
+    except GLib.Error as e:
+        raise _fail(f"cannot GPG-sign {checksum} with key {key_id}", e) from e
+
+
+def ed25519_sign_commit(repo: Any, checksum: str, secret_key_file: Path) -> None:
+    """Sign a commit with the ed25519 secret key in `secret_key_file` (base64, as ostree's)."""
+    try:
+        secret = secret_key_file.read_text().split()[0]
+    except (OSError, IndexError) as e:
+        raise RepoError(f"cannot read ed25519 secret key {secret_key_file}") from e
+    try:
+        signer = OSTree.Sign.get_by_name("ed25519")
+        signer.set_sk(GLib.Variant("s", secret))
+        signer.commit(repo, checksum, None)
+    except GLib.Error as e:
+        raise _fail(f"cannot sign {checksum} with {secret_key_file}", e) from e

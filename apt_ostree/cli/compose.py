@@ -49,6 +49,14 @@ def register(verbs: Any) -> None:
         action="store_true",
         help="exit 77 when there is nothing new to commit",
     )
+    tree.add_argument("--gpg-sign", metavar="KEYID", help="GPG-sign the commit with KEYID")
+    tree.add_argument("--gpg-homedir", type=Path, help="GnuPG home for --gpg-sign")
+    tree.add_argument(
+        "--sign-ed25519",
+        type=Path,
+        metavar="KEYFILE",
+        help="sign the commit with the ed25519 secret key in KEYFILE (base64)",
+    )
     tree.set_defaults(func=cmd_tree)
     commit = sub.add_parser("commit", help="postprocess and commit a rootfs made by another tool")
     commit.add_argument("rootfs", type=Path, help="a folder or a tarball")
@@ -94,7 +102,12 @@ def cmd_tree(args: argparse.Namespace) -> int:
         write_lockfile_to=args.write_lockfile_to,
         force_nocache=args.force_nocache,
         source_date_epoch=source_date_epoch_from_env(),
+        gpg_sign=args.gpg_sign,
+        gpg_homedir=args.gpg_homedir,
+        ed25519_key=args.sign_ed25519,
     )
+    if args.sign_ed25519 and not args.sign_ed25519.is_file():
+        raise UsageError(f"--sign-ed25519: {args.sign_ed25519} is not a file")
     result = compose_tree(treefile, options, TerminalProgress(sys.stderr))
     _print_result(result)
     if not result.changed and not args.dry_run and args.unchanged_exit_77:

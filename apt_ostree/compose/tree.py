@@ -42,6 +42,9 @@ class ComposeOptions:
     write_lockfile_to: Path | None = None
     force_nocache: bool = False
     source_date_epoch: int | None = None
+    gpg_sign: str | None = None  # key id
+    gpg_homedir: Path | None = None
+    ed25519_key: Path | None = None  # secret key file, base64 as ostree's
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,14 @@ def postprocess_options(treefile: Treefile) -> PostprocessOptions:
         initramfs_args=treefile.initramfs_args,
         machineid_compat=treefile.machineid_compat,
     )
+
+
+def sign_commit(repo: Any, checksum: str, options: ComposeOptions) -> None:
+    """Sign a new commit as asked; signatures are detached metadata, so the checksum stays."""
+    if options.gpg_sign:
+        ostree.gpg_sign_commit(repo, checksum, options.gpg_sign, options.gpg_homedir)
+    if options.ed25519_key:
+        ostree.ed25519_sign_commit(repo, checksum, options.ed25519_key)
 
 
 def tree_packages(rootfs: Path) -> list[tuple[str, str, str]]:

@@ -1,0 +1,104 @@
+"""The example treefiles against the real Debian archive, through the host's apt sources."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.compose.test_compose import cli, metadata, ostree
+from tests.support.debian import CACHE
+
+EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
+REF = "debian/bookworm/amd64/minimal"
+
+pytestmark = [pytest.mark.network]
+
+
+@pytest.mark.slow
+def test_minimal_example_is_a_bootable_tree(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    result = cli(
+        "compose",
+        "tree",
+        EXAMPLES / "minimal.yaml",
+        "--repo",
+        repo,
+        "--cachedir",
+        CACHE / "compose",
+    )
+    assert result.returncode == 0, result.stderr
+    assert metadata(repo, REF, "version") == "'12.0'"
+    packages = str(metadata(repo, REF, "aptostree.packages"))
+    for name in ("linux-image-cloud-amd64", "systemd-sysv", "dracut", "ostree-boot", "apt"):
+        assert f"('{name}'," in packages
+    modules = ostree(repo, "ls", "-R", REF, "/usr/lib/modules")
+    assert "/vmlinuz" in modules and "/initramfs.img" in modules
+    assert ostree(repo, "ls", REF, "/boot").split()[-1] == "/boot"  # empty: libostree fills it
+    wants = ostree(repo, "ls", REF, "/usr/etc/systemd/system/multi-user.target.wants")
+    assert "systemd-networkd.service" in wants
+    default = ostree(repo, "ls", REF, "/usr/etc/systemd/system/default.target")
+    assert "multi-user.target" in default
+    # libostree accepts it as an OS tree: deploy it into a scratch sysroot and check the entry
+    sysroot = tmp_path / "sysroot"
+    sysroot.mkdir()
+    try:
+        subprocess.run(
+            ["ostree", "admin", "init-fs", str(sysroot)], check=True, capture_output=True
+        )
+        subprocess.run(
+            ["ostree", "admin", "os-init", "--sysroot", str(sysroot), "debian"],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            ["ostree", f"--repo={sysroot}/ostree/repo", "pull-local", str(repo), REF],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            ["ostree", "admin", "deploy", "--sysroot", str(sysroot), "--os", "debian", REF],
+            check=True,
+            capture_output=True,
+        )
+        entries = list((sysroot / "boot/loader/entries").iterdir())
+        assert len(entries) == 1
+        entry = entries[0].read_text()
+        assert "linux /ostree/debian-" in entry and "initrd /ostree/debian-" in entry
+    finally:
+        # libostree makes deployment roots immutable; let pytest remove the scratch sysroot
+        for deployment in sysroot.glob("ostree/deploy/*/deploy/*"):
+            if deployment.is_dir():
+                subprocess.run(["chattr", "-i", str(deployment)], check=False)
+
+
+def test_server_example_resolves_from_the_archive(tmp_path: Path) -> None:
+    result = cli(
+        "compose",
+        "tree",
+        EXAMPLES / "server.yaml",
+        "--repo",
+        tmp_path / "repo",
+        "--cachedir",
+        CACHE / "compose",
+        "--dry-run",
+    )
+    assert result.returncode == 0, result.stderr
+    names = {line.split()[0] for line in result.stdout.splitlines() if len(line.split()) == 3}
+    assert {"openssh-server", "htop", "linux-image-cloud-amd64", "sudo"} <= names
+    assert not (tmp_path / "repo").exists()
+
+
+def test_unknown_packages_in_the_archive_are_all_named(tmp_path: Path) -> None:
+    tf = tmp_path / "t.yaml"
+    tf.write_text(
+        "ref: x/y\nsuite: bookworm\npackages: [bash, nonexistent-pkg-one, " "nonexistent-pkg-two]\n"
+    )
+    result = cli(
+        "compose", "tree", tf, "--repo", tmp_path / "repo", "--cachedir", CACHE / "compose"
+    )
+    assert result.returncode == 1
+    assert "nonexistent-pkg-one" in result.error_line
+    assert "nonexistent-pkg-two" in result.error_line
+    assert not (tmp_path / "repo").exists()

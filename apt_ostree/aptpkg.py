@@ -331,8 +331,11 @@ class AptRoot:
         """The exact closure of `request`, sorted by name; PackageError names every problem."""
         cache, depcache = self._open(request.recommends)
         # one action group: apt's mark-and-sweep runs once at the end, not per mark_install
-        with apt_pkg.ActionGroup(depcache):
+        group = apt_pkg.ActionGroup(depcache)
+        try:
             _Resolver(cache, depcache, request).run()
+        finally:
+            group.release()
         return self._marked(cache, depcache)
 
     def _marked(self, cache: Any, depcache: Any) -> list[ResolvedPackage]:

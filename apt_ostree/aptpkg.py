@@ -335,7 +335,7 @@ class AptRoot:
         try:
             _Resolver(cache, depcache, request).run()
         finally:
-            group.release()
+            group.release()  # type: ignore[attr-defined]  # missing from the stubs
         return self._marked(cache, depcache)
 
     def _marked(self, cache: Any, depcache: Any) -> list[ResolvedPackage]:

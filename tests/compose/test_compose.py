@@ -1,0 +1,551 @@
+"""`apt-ostree compose tree` and `compose commit`, run as a user runs them.
+
+Every compose here runs the real pipeline (python3-apt resolution with signature checks,
+mmdebstrap, postprocessing, libostree commit) against a local signed apt repository that holds
+Debian's real Essential set and packages the tests build. Outcomes are checked with the
+`ostree` CLI as an independent reader.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.aptrepo import AptRepo
+from tests.support.debian import SUITE, fetch_debian_debs
+from tests.support.debs import DebSpec
+from tests.support.httpd import serve_directory
+
+pytestmark = [pytest.mark.slow]
+
+EPOCH = "1700000000"
+APT_OSTREE = [sys.executable, "-m", "apt_ostree.cli.main"]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_line(self) -> str:
+        lines = [line for line in self.stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1, self.stderr
+        return lines[0]
+
+
+def cli(*args: str | Path, env: dict[str, str] | None = None) -> Result:
+    proc = subprocess.run(
+        [*APT_OSTREE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH, **(env or {})},
+        check=False,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def ostree(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["ostree", f"--repo={repo}", *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def metadata(repo: Path, ref: str, key: str) -> object:
+    text = ostree(repo, "show", "--print-metadata-key", key, ref).strip()
+    return text
+
+
+def repo_snapshot(repo: Path) -> tuple[tuple[str, ...], str]:
+    """The files of a repository and its refs: what a failed compose must leave alone."""
+    if not repo.exists():
+        return (), ""
+    files = tuple(
+        sorted(
+            str(p.relative_to(repo))
+            for p in repo.rglob("*")
+            if p.is_file() and "tmp" not in p.relative_to(repo).parts
+        )
+    )
+    refs = ostree(repo, "refs") if (repo / "config").exists() else ""
+    return files, refs
+
+
+# ---------------------------------------------------------------------------------------------
+# the test repository
+
+
+def hello(version: str = "1.0") -> DebSpec:
+    return DebSpec(
+        name="hello-aot",
+        version=version,
+        depends="hello-aot-data",
+        files={
+            "/usr/bin/hello-aot": "#!/bin/sh\necho hello " + version + "\n",
+            "/etc/hello-aot.conf": "greeting=hello\n",
+            "/var/lib/hello-aot/state": "initial\n",
+            "/opt/hello-aot/share/readme": "opt content\n",
+        },
+    )
+
+
+TEST_DEBS = [
+    hello("1.0"),
+    DebSpec(name="hello-aot-data", version="1.0", files={"/usr/share/hello-aot/data": "x\n"}),
+    DebSpec(name="want-alt", depends="alt-one | alt-two"),
+    DebSpec(name="alt-one"),
+    DebSpec(name="alt-two"),
+    DebSpec(name="needs-alt-one", depends="alt-one"),
+    DebSpec(name="usrlocal-pkg", files={"/usr/local/bin/tool": "#!/bin/sh\n"}),
+]
+
+
+@pytest.fixture(scope="session")
+def essential_debs() -> list[Path]:
+    return fetch_debian_debs()
+
+
+@pytest.fixture(scope="module")
+def repo_factory(
+    tmp_path_factory: pytest.TempPathFactory, essential_debs: list[Path]
+) -> Iterator[object]:
+    def make(name: str = "aptrepo") -> AptRepo:
+        repo = AptRepo(tmp_path_factory.mktemp(name), suite=SUITE)
+        repo.add_debs(essential_debs)
+        for spec in TEST_DEBS:
+            repo.add(spec)
+        repo.publish()
+        return repo
+
+    yield make
+
+
+@pytest.fixture(scope="module")
+def apt_repo(repo_factory: object) -> AptRepo:
+    return repo_factory()  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture(scope="module")
+def cachedir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def treefile(
+    directory: Path,
+    repo: AptRepo,
+    uri: str | None = None,
+    hyphenated: dict[str, object] | None = None,
+    **extra: object,
+) -> Path:
+    data: dict[str, object] = {
+        "ref": "test/os",
+        "suite": SUITE,
+        "variant": "essential",
+        "automatic-version-prefix": "1",
+        "repos": [
+            {
+                "uris": uri or repo.file_uri,
+                "suites": SUITE,
+                "components": "main",
+                "signed-by": str(repo.keyring),
+            }
+        ],
+        "packages": ["hello-aot"],
+    }
+    data.update(extra)
+    data.update(hyphenated or {})
+    path = directory / "treefile.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def composed(
+    tmp_path_factory: pytest.TempPathFactory, apt_repo: AptRepo, cachedir: Path
+) -> tuple[Path, Path, Result]:
+    work = tmp_path_factory.mktemp("composed")
+    tf = treefile(work, apt_repo, postprocess=["#!/bin/sh\necho built > /usr/share/built-by\n"])
+    repo = work / "repo"
+    result = cli("compose", "tree", tf, "--repo", repo, "--cachedir", cachedir)
+    assert result.returncode == 0, result.stderr
+    return tf, repo, result
+
+
+# ---------------------------------------------------------------------------------------------
+# a compose
+
+
+def test_compose_prints_summary_and_moves_ref(composed: tuple[Path, Path, Result]) -> None:
+    _, repo, result = composed
+    checksum = ostree(repo, "rev-parse", "test/os").strip()
+    assert f"Committed {checksum}" in result.stdout
+    assert "version:  1.0" in result.stdout
+    assert "packages:" in result.stdout and "size:" in result.stdout
+    # steps and download progress are shown while it works
+    for step in ("Resolving packages", "Downloading packages", "Bootstrapping", "Committing"):
+        assert step in result.stderr
+
+
+def test_commit_metadata(composed: tuple[Path, Path, Result]) -> None:
+    _, repo, _ = composed
+    assert metadata(repo, "test/os", "version") == "'1.0'"
+    packages = metadata(repo, "test/os", "aptostree.packages")
+    assert "('hello-aot', '1.0', 'all')" in str(packages)
+    assert "('dpkg'," in str(packages)
+    inputhash = str(metadata(repo, "test/os", "aptostree.inputhash")).strip("'")
+    assert len(inputhash) == 64
+    flattened = ostree(repo, "show", "--print-metadata-key", "aptostree.treefile", "test/os")
+    assert '"ref":"test/os"' in flattened
+    ostree(repo, "fsck")  # raises when ostree finds a problem
+
+
+def test_tree_layout(composed: tuple[Path, Path, Result]) -> None:
+    _, repo, _ = composed
+    assert ostree(repo, "cat", "test/os", "/usr/etc/hello-aot.conf") == "greeting=hello\n"
+    assert ostree(repo, "cat", "test/os", "/usr/share/built-by") == "built\n"
+    assert "Packages: " not in ostree(repo, "ls", "test/os", "/usr/lib/sysimage/dpkg/status")
+    assert ostree(repo, "ls", "test/os", "/var").split()[-1] == "/var"  # empty
+    tmpfiles = ostree(repo, "cat", "test/os", "/usr/lib/tmpfiles.d/apt-ostree-var.conf")
+    assert "/var/lib/hello-aot" in tmpfiles
+    root = ostree(repo, "ls", "test/os", "/")
+    for link in (
+        "/home -> var/home",
+        "/root -> var/roothome",
+        "/opt -> var/opt",
+        "/ostree -> sysroot/ostree",
+    ):
+        assert link in root
+    assert "readme" in ostree(repo, "ls", "-R", "test/os", "/usr/lib/opt")
+    assert ostree(repo, "cat", "test/os", "/usr/etc/machine-id") == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# history, no-change detection, reproducibility
+
+
+def test_unchanged_recompose_makes_no_commit(
+    composed: tuple[Path, Path, Result], cachedir: Path
+) -> None:
+    tf, repo, _ = composed
+    before = repo_snapshot(repo)
+    result = cli("compose", "tree", tf, "--repo", repo, "--cachedir", cachedir)
+    assert result.returncode == 0, result.stderr
+    assert "No changes" in result.stdout
+    result = cli(
+        "compose", "tree", tf, "--repo", repo, "--cachedir", cachedir, "--unchanged-exit-77"
+    )
+    assert result.returncode == 77
+    assert repo_snapshot(repo) == before
+
+
+def test_reproducible_in_two_empty_repositories(
+    composed: tuple[Path, Path, Result], cachedir: Path, tmp_path: Path
+) -> None:
+    tf, repo, _ = composed
+    result = cli("compose", "tree", tf, "--repo", tmp_path / "other", "--cachedir", cachedir)
+    assert result.returncode == 0, result.stderr
+    other = ostree(tmp_path / "other", "rev-parse", "test/os").strip()
+    assert other == ostree(repo, "rev-parse", "test/os").strip()
+
+
+def test_new_package_version_makes_child_commit(
+    repo_factory: object, cachedir: Path, tmp_path: Path
+) -> None:
+    apt_repo: AptRepo = repo_factory("evolving")  # type: ignore[operator]
+    tf = treefile(tmp_path, apt_repo)
+    repo = tmp_path / "repo"
+    assert cli("compose", "tree", tf, "--repo", repo, "--cachedir", cachedir).returncode == 0
+    first = ostree(repo, "rev-parse", "test/os").strip()
+    apt_repo.add(hello("1.1"))
+    apt_repo.publish()
+    result = cli("compose", "tree", tf, "--repo", repo, "--cachedir", cachedir)
+    assert result.returncode == 0, result.stderr
+    second = ostree(repo, "rev-parse", "test/os").strip()
+    assert second != first
+    assert ostree(repo, "rev-parse", "test/os^").strip() == first
+    assert metadata(repo, "test/os", "version") == "'1.1'"
+    assert "('hello-aot', '1.1', 'all')" in str(metadata(repo, "test/os", "aptostree.packages"))
+    forced = cli("compose", "tree", tf, "--repo", repo, "--cachedir", cachedir, "--force-nocache")
+    assert forced.returncode == 0 and "Committed" in forced.stdout
+    assert metadata(repo, "test/os", "version") == "'1.2'"
+
+
+# ---------------------------------------------------------------------------------------------
+# dry run, lockfiles, excludes
+
+
+def test_dry_run_prints_set_and_touches_nothing(
+    apt_repo: AptRepo, cachedir: Path, tmp_path: Path
+) -> None:
+    result = cli(
+        "compose",
+        "tree",
+        treefile(tmp_path, apt_repo),
+        "--repo",
+        tmp_path / "repo",
+        "--cachedir",
+        cachedir,
+        "--dry-run",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hello-aot 1.0 all" in result.stdout.splitlines()
+    assert any(line.startswith("dpkg ") for line in result.stdout.splitlines())
+    assert not (tmp_path / "repo").exists()
+
+
+def test_lockfile_pins_versions(repo_factory: object, cachedir: Path, tmp_path: Path) -> None:
+    apt_repo: AptRepo = repo_factory("locked")  # type: ignore[operator]
+    with serve_directory(apt_repo.path) as server:
+        tf = treefile(tmp_path, apt_repo, uri=server.url)
+        lock = tmp_path / "lock.json"
+        result = cli(
+            "compose",
+            "tree",
+            tf,
+            "--repo",
+            tmp_path / "repo",
+            "--cachedir",
+            cachedir,
+            "--dry-run",
+            "--write-lockfile-to",
+            lock,
+        )
+        assert result.returncode == 0, result.stderr
+        locked = json.loads(lock.read_text())["packages"]
+        assert locked["hello-aot"]["version"] == "1.0"
+        apt_repo.add(hello("1.1"))
+        apt_repo.publish()
+        result = cli(
+            "compose",
+            "tree",
+            tf,
+            "--repo",
+            tmp_path / "repo",
+            "--cachedir",
+            cachedir,
+            "--lockfile",
+            lock,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "('hello-aot', '1.0', 'all')" in str(
+            metadata(tmp_path / "repo", "test/os", "aptostree.packages")
+        )
+        # a lockfile naming a version the repository does not have
+        locked["hello-aot"]["version"] = "9.9"
+        lock.write_text(json.dumps({"packages": locked}))
+        before = repo_snapshot(tmp_path / "repo")
+        result = cli(
+            "compose",
+            "tree",
+            tf,
+            "--repo",
+            tmp_path / "repo",
+            "--cachedir",
+            cachedir,
+            "--lockfile",
+            lock,
+        )
+        assert result.returncode == 1
+        assert "hello-aot=9.9" in result.error_line
+        assert repo_snapshot(tmp_path / "repo") == before
+
+
+def test_exclude_picks_the_other_alternative(
+    apt_repo: AptRepo, cachedir: Path, tmp_path: Path
+) -> None:
+    tf = treefile(
+        tmp_path, apt_repo, packages=["want-alt"], hyphenated={"exclude-packages": ["alt-one"]}
+    )
+    result = cli(
+        "compose", "tree", tf, "--repo", tmp_path / "r", "--cachedir", cachedir, "--dry-run"
+    )
+    assert result.returncode == 0, result.stderr
+    names = {line.split()[0] for line in result.stdout.splitlines() if len(line.split()) == 3}
+    assert "alt-two" in names and "alt-one" not in names
+
+
+def test_exclude_of_a_needed_package_names_who_needs_it(
+    apt_repo: AptRepo, cachedir: Path, tmp_path: Path
+) -> None:
+    tf = treefile(
+        tmp_path, apt_repo, packages=["needs-alt-one"], hyphenated={"exclude-packages": ["alt-one"]}
+    )
+    result = cli(
+        "compose", "tree", tf, "--repo", tmp_path / "r", "--cachedir", cachedir, "--dry-run"
+    )
+    assert result.returncode == 1
+    assert "alt-one" in result.error_line and "needs-alt-one" in result.error_line
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one error line, exit 1, the repository exactly as before
+
+
+@pytest.fixture
+def existing_repo(composed: tuple[Path, Path, Result], tmp_path: Path) -> Path:
+    """A copy of the composed repository, to fail against."""
+    _, repo, _ = composed
+    copy = tmp_path / "repo"
+    subprocess.run(["cp", "-a", "--reflink=auto", str(repo), str(copy)], check=True)
+    return copy
+
+
+def _fails_cleanly(result: Result, repo: Path, before: object, *needles: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    for needle in needles:
+        assert needle in result.error_line
+    assert "Traceback" not in result.stderr
+    assert repo_snapshot(repo) == before
+
+
+def test_unknown_packages_all_named(
+    apt_repo: AptRepo, existing_repo: Path, cachedir: Path, tmp_path: Path
+) -> None:
+    before = repo_snapshot(existing_repo)
+    tf = treefile(tmp_path, apt_repo, packages=["hello-aot", "no-such-a", "no-such-b"])
+    result = cli("compose", "tree", tf, "--repo", existing_repo, "--cachedir", cachedir)
+    _fails_cleanly(result, existing_repo, before, "no-such-a", "no-such-b")
+
+
+def test_wrong_signing_key_is_refused(
+    repo_factory: object, apt_repo: AptRepo, existing_repo: Path, cachedir: Path, tmp_path: Path
+) -> None:
+    other: AptRepo = repo_factory("other-key")  # type: ignore[operator]
+    before = repo_snapshot(existing_repo)
+    data = json.loads(treefile(tmp_path, apt_repo).read_text())
+    data["repos"][0]["signed-by"] = str(other.keyring)  # a key that did not sign apt_repo
+    tf = tmp_path / "wrongkey.json"
+    tf.write_text(json.dumps(data))
+    result = cli("compose", "tree", tf, "--repo", existing_repo, "--cachedir", cachedir)
+    _fails_cleanly(result, existing_repo, before)
+    assert "sign" in result.error_line.lower() or "key" in result.error_line.lower()
+
+
+def test_unsigned_repository_is_refused(
+    repo_factory: object, existing_repo: Path, cachedir: Path, tmp_path: Path
+) -> None:
+    unsigned: AptRepo = repo_factory("unsigned")  # type: ignore[operator]
+    unsigned.strip_signatures()
+    before = repo_snapshot(existing_repo)
+    result = cli(
+        "compose",
+        "tree",
+        treefile(tmp_path, unsigned),
+        "--repo",
+        existing_repo,
+        "--cachedir",
+        cachedir,
+    )
+    _fails_cleanly(result, existing_repo, before)
+    assert "sign" in result.error_line.lower()
+
+
+def test_unreachable_mirror(
+    apt_repo: AptRepo, existing_repo: Path, cachedir: Path, tmp_path: Path
+) -> None:
+    with serve_directory(apt_repo.path) as server:
+        url = server.url
+    before = repo_snapshot(existing_repo)  # the server is stopped now
+    result = cli(
+        "compose",
+        "tree",
+        treefile(tmp_path, apt_repo, uri=url),
+        "--repo",
+        existing_repo,
+        "--cachedir",
+        tmp_path / "fresh-cache",
+    )
+    _fails_cleanly(result, existing_repo, before, "127.0.0.1")
+
+
+def test_failing_postprocess_script(
+    apt_repo: AptRepo, existing_repo: Path, cachedir: Path, tmp_path: Path
+) -> None:
+    before = repo_snapshot(existing_repo)
+    tf = treefile(tmp_path, apt_repo, postprocess=["#!/bin/sh\necho doomed >&2\nexit 3\n"])
+    result = cli("compose", "tree", tf, "--repo", existing_repo, "--cachedir", cachedir)
+    _fails_cleanly(result, existing_repo, before, "postprocess")
+    assert not list((cachedir / "tmp").iterdir())  # the work folder is gone too
+
+
+def test_usr_local_content_is_refused(
+    apt_repo: AptRepo, existing_repo: Path, cachedir: Path, tmp_path: Path
+) -> None:
+    before = repo_snapshot(existing_repo)
+    tf = treefile(tmp_path, apt_repo, packages=["usrlocal-pkg"])
+    result = cli("compose", "tree", tf, "--repo", existing_repo, "--cachedir", cachedir)
+    _fails_cleanly(result, existing_repo, before, "/usr/local")
+
+
+def test_malformed_treefile(existing_repo: Path, tmp_path: Path) -> None:
+    before = repo_snapshot(existing_repo)
+    tf = tmp_path / "bad.yaml"
+    tf.write_text("ref: test/os\npackages: hello\n")
+    result = cli("compose", "tree", tf, "--repo", existing_repo)
+    _fails_cleanly(result, existing_repo, before, "bad.yaml", "packages")
+
+
+def test_usage_error_exits_2(tmp_path: Path) -> None:
+    result = cli("compose", "tree", "--repo", tmp_path)
+    assert result.returncode == 2
+    assert result.error_line.startswith("error: ")
+
+
+# ---------------------------------------------------------------------------------------------
+# compose commit: a tree made by another tool
+
+
+def test_compose_commit_folder_and_tarball(apt_repo: AptRepo, tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    sources = tmp_path / "test.sources"
+    sources.write_text(apt_repo.deb822_source(apt_repo.file_uri))
+    subprocess.run(
+        [
+            "mmdebstrap",
+            "--mode=root",
+            "--variant=essential",
+            "--quiet",
+            "--include=hello-aot",
+            SUITE,
+            str(rootfs),
+            str(sources),
+        ],
+        check=True,
+        env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH},
+    )
+    repo = tmp_path / "repo"
+    subprocess.run(["ostree", "init", f"--repo={repo}", "--mode=archive"], check=True)
+    result = cli(
+        "compose",
+        "commit",
+        "--repo",
+        repo,
+        "--branch",
+        "foreign/os",
+        "--add-metadata-string",
+        "version=7",
+        rootfs,
+    )
+    assert result.returncode == 0, result.stderr
+    assert metadata(repo, "foreign/os", "version") == "'7'"
+    assert "hello-aot" in str(metadata(repo, "foreign/os", "aptostree.packages"))
+    assert ostree(repo, "cat", "foreign/os", "/usr/etc/hello-aot.conf") == "greeting=hello\n"
+    tarball = tmp_path / "rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(rootfs, arcname=".")
+    result = cli("compose", "commit", "--repo", repo, "--branch", "foreign/os", tarball)
+    assert result.returncode == 0, result.stderr
+    assert ostree(repo, "rev-parse", "foreign/os^").strip()  # second commit has a parent
+    # no repository: nothing made, one clear line
+    result = cli("compose", "commit", "--repo", tmp_path / "nope", "--branch", "x", rootfs)
+    assert result.returncode == 1 and "nope" in result.error_line
+    assert not (tmp_path / "nope").exists()

@@ -8,23 +8,34 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.aptrepo import AptRepo
+from tests.support.aptrepo import AptRepo, GpgKey, shared_gpg_key
 from tests.support.debs import DebSpec, build_deb
 from tests.support.httpd import Server, serve_directory
 
 
+@pytest.fixture(scope="session")
+def gpg_test_key() -> GpgKey:
+    """The session's repository signing key (the default key of every AptRepo)."""
+    return shared_gpg_key()
+
+
 @pytest.fixture
 def deb_builder(tmp_path: Path) -> Callable[[DebSpec], Path]:
+    """Build a DebSpec into tmp_path/debs and return the .deb's path."""
     out = tmp_path / "debs"
     return lambda spec: build_deb(spec, out)
 
 
 @pytest.fixture
-def apt_repo(tmp_path: Path) -> AptRepo:
-    return AptRepo(tmp_path / "aptrepo")
+def apt_repo(tmp_path: Path, gpg_test_key: GpgKey) -> AptRepo:
+    """An empty, published, signed repository (suite "stable", component "main", amd64)."""
+    repo = AptRepo(tmp_path / "aptrepo", key=gpg_test_key)
+    repo.publish()
+    return repo
 
 
 @pytest.fixture
 def http_server() -> Iterator[Callable[[Path], Server]]:
+    """Start a loopback HTTP server for a folder; every server is stopped at teardown."""
     with ExitStack() as stack:
         yield lambda directory: stack.enter_context(serve_directory(directory))

@@ -8,10 +8,10 @@ scratch root before each operation: nothing here reads or writes the host's pack
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import re
+import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -279,6 +279,8 @@ class AptRoot:
             "Acquire::AllowInsecureRepositories": "false",
             "APT::Get::AllowUnauthenticated": "false",
             "Debug::NoLocking": "true",
+            # the scratch roots are root's own: apt's _apt sandbox user cannot write there
+            "APT::Sandbox::User": "root",
             # Uncompressed lists: record lookups in compressed ones cost ~5 ms each
             "Acquire::GzipIndexes": "false",
         }
@@ -298,7 +300,7 @@ class AptRoot:
             cache = apt_pkg.Cache(None)
             ok = cache.update(acquire, sources, 0)
         except SystemError as e:
-            raise PackageError(f"updating the package indices failed: {_one_line(str(e))}") from e
+            raise PackageError(f"updating the package indices failed: {_apt_errors(str(e))}") from e
         self._check_update(sources, acquire, ok)
         self._cache = None
 
@@ -329,6 +331,8 @@ class AptRoot:
 
     def resolve(self, request: Request) -> list[ResolvedPackage]:
         """The exact closure of `request`, sorted by name; PackageError names every problem."""
+        self._prepare()
+        self._write_excludes(request.exclude)
         cache, depcache = self._open(request.recommends)
         # one action group: apt's mark-and-sweep runs once at the end, not per mark_install
         group = apt_pkg.ActionGroup(depcache)
@@ -337,6 +341,17 @@ class AptRoot:
         finally:
             group.release()  # type: ignore[attr-defined]  # missing from the stubs
         return self._marked(cache, depcache)
+
+    def _write_excludes(self, names: Sequence[str]) -> None:
+        # apt's own way to make a package uninstallable: a negative pin priority, so the
+        # resolver picks another alternative where there is one (apt_preferences(5))
+        pref = self.root / "etc/apt/preferences.d/apt-ostree-exclude.pref"
+        if not names:
+            pref.unlink(missing_ok=True)
+            return
+        pref.write_text(
+            "".join(f"Package: {n}\nPin: version *\nPin-Priority: -1\n\n" for n in sorted(names))
+        )
 
     def _marked(self, cache: Any, depcache: Any) -> list[ResolvedPackage]:
         records = apt_pkg.PackageRecords(cache)
@@ -394,7 +409,23 @@ class AptRoot:
             raise PackageError(
                 "downloading packages failed: " + "; ".join(failed or acquire.failures)
             )
+        self._collect_local(wanted, fetcher.items)
         log.debug("downloaded %s", sorted(names))
+
+    def _collect_local(self, wanted: Sequence[ResolvedPackage], items: Sequence[Any]) -> None:
+        """apt uses `file:` debs where they lie: copy them in, so the cache holds every deb."""
+        by_name = {Path(i.destfile).name: Path(i.destfile) for i in items}
+        for p in wanted:
+            dest = self.archives / p.deb_name
+            if dest.exists():
+                continue
+            src = by_name.get(Path(p.filename).name)
+            if src is None or not src.exists():
+                raise PackageError(f"download of {p.name} {p.version} left no file")
+            shutil.copyfile(src, dest)
+            if not _cached_ok(dest, p):
+                dest.unlink()
+                raise PackageError(f"{p.name} {p.version}: {src} does not match its index hash")
 
 
 def _cached_ok(path: Path, pkg: ResolvedPackage) -> bool:
@@ -413,6 +444,17 @@ def _cached_ok(path: Path, pkg: ResolvedPackage) -> bool:
     return digest.hexdigest() == pkg.sha256
 
 
+def _apt_errors(text: str) -> str:
+    """apt's error queue as one line: its errors, and the warnings that explain them."""
+    parts = [p.strip() for p in re.split(r"(?:^|, )(?=[EW]:)", text.strip()) if p.strip()]
+    keep = [
+        p[2:].strip()
+        for p in parts
+        if p.startswith("E:") or re.search(r"NO_PUBKEY|BADSIG|EXPKEYSIG|GPG error", p)
+    ]
+    return _one_line("; ".join(keep) or text)
+
+
 def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
@@ -424,13 +466,16 @@ class _Resolver:
         self.cache = cache
         self.depcache = depcache
         self.request = request
+        self.candidates: dict[int, Any] = {}
 
     def run(self) -> None:
         self._apply_locks()
         wanted = self._wanted_packages()
+        # a failed mark_install leaves the package without a candidate: keep them to explain
+        self.candidates = {p.id: self.depcache.get_candidate_ver(p) for p in wanted}
         for pkg in wanted:
             self.depcache.mark_install(pkg, True, True)
-        self._apply_excludes(wanted)
+        self._check_requested(wanted)
         self._check_broken()
         self._check_locked()
 
@@ -499,6 +544,8 @@ class _Resolver:
         return wanted
 
     def _pick(self, name: str, version: str) -> tuple[Any, str | None]:
+        if name in self.request.exclude:
+            return None, f"{name} is both requested and excluded"
         pkg = self._find(name)
         if pkg is None:
             return None, f"package not found: {name}"
@@ -516,40 +563,41 @@ class _Resolver:
             self.depcache.set_candidate_ver(pkg, ver)
         return pkg, None
 
-    def _apply_excludes(self, wanted: Sequence[Any]) -> None:
-        excluded = [p for n in self.request.exclude if (p := self._find(n)) is not None]
-        if not any(self.depcache.marked_install(p) for p in excluded):
+    def _check_requested(self, wanted: Sequence[Any]) -> None:
+        """apt leaves a package it cannot install unmarked: say why, naming the dependency."""
+        missing = [p for p in wanted if not self.depcache.marked_install(p)]
+        if not missing:
             return
-        fixer = apt_pkg.ProblemResolver(self.depcache)
-        for pkg in wanted:
-            fixer.protect(pkg)
-        for pkg in excluded:
-            fixer.remove(pkg)
-            self.depcache.mark_delete(pkg)
-        with contextlib.suppress(SystemError):  # still-broken state is reported below
-            fixer.resolve(True)
-        still = [p.name for p in excluded if self.depcache.marked_install(p)]
-        if still or self.depcache.broken_count:
-            names = ", ".join(still) or ", ".join(p.name for p in excluded)
+        excluded = [p for n in self.request.exclude if (p := self._find(n)) is not None]
+        needers = self._needers(excluded, missing) if excluded else []
+        if needers:
             raise PackageError(
-                f"excluded packages are required: {names} "
-                f"(needed by {', '.join(self._needers(excluded))})"
+                f"excluded packages are required: {', '.join(p.name for p in excluded)} "
+                f"(needed by {', '.join(needers)})"
             )
+        problems = [
+            f"{p.name} {self.candidates[p.id].ver_str}: {self._unmet(self.candidates[p.id])}"
+            for p in missing
+        ]
+        raise PackageError("cannot install: " + "; ".join(sorted(problems)[:10]))
 
-    def _needers(self, targets: Sequence[Any]) -> list[str]:
+    def _needers(self, targets: Sequence[Any], candidates: Sequence[Any]) -> list[str]:
+        """Which of `candidates` (or of the marked packages) depend on one of `targets`."""
         names = {t.name for t in targets}
         out = set()
-        for pkg in self.cache.packages:
-            ver = self.depcache.get_candidate_ver(pkg) if pkg.has_versions else None
-            if ver is None or not (
-                self.depcache.marked_install(pkg) or self.depcache.is_inst_broken(pkg)
-            ):
-                continue
-            for kind in ("Depends", "PreDepends"):
-                for group in ver.depends_list.get(kind, []):
-                    if any(d.target_pkg.name in names for d in group):
-                        out.add(pkg.name)
-        return sorted(out - names) or ["the requested packages"]
+        pool = [*candidates, *(p for p in self.cache.packages if self.depcache.marked_install(p))]
+        for pkg in pool:
+            ver = self.candidates.get(pkg.id) or (
+                self.depcache.get_candidate_ver(pkg) if pkg.has_versions else None
+            )
+            for group in [] if ver is None else self._dep_groups(ver):
+                if all(d.target_pkg.name in names for d in group):
+                    out.add(pkg.name)
+        return sorted(out - names)
+
+    @staticmethod
+    def _dep_groups(ver: Any) -> list[Any]:
+        return [g for kind in ("PreDepends", "Depends") for g in ver.depends_list.get(kind, [])]
 
     def _check_broken(self) -> None:
         if not self.depcache.broken_count:

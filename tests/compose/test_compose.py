@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.aptrepo import AptRepo
+from tests.support.aptrepo import AptRepo, make_gpg_key
 from tests.support.debian import SUITE, fetch_debian_debs
 from tests.support.debs import DebSpec
 from tests.support.httpd import serve_directory
@@ -58,6 +58,13 @@ def ostree(repo: Path, *args: str) -> str:
     return subprocess.run(
         ["ostree", f"--repo={repo}", *args], capture_output=True, text=True, check=True
     ).stdout
+
+
+def bare_repo(path: Path) -> Path:
+    """A bare-user repository: commits 3x faster than archive (no compression); the same
+    checksums. For tests that compose several times and serve nothing."""
+    subprocess.run(["ostree", "init", f"--repo={path}", "--mode=bare-user"], check=True)
+    return path
 
 
 def metadata(repo: Path, ref: str, key: str) -> object:
@@ -251,10 +258,10 @@ def test_reproducible_in_two_empty_repositories(
     composed: tuple[Path, Path, Result], cachedir: Path, tmp_path: Path
 ) -> None:
     tf, repo, _ = composed
-    result = cli("compose", "tree", tf, "--repo", tmp_path / "other", "--cachedir", cachedir)
+    other = bare_repo(tmp_path / "other")
+    result = cli("compose", "tree", tf, "--repo", other, "--cachedir", cachedir)
     assert result.returncode == 0, result.stderr
-    other = ostree(tmp_path / "other", "rev-parse", "test/os").strip()
-    assert other == ostree(repo, "rev-parse", "test/os").strip()
+    assert ostree(other, "rev-parse", "test/os") == ostree(repo, "rev-parse", "test/os")
 
 
 def test_new_package_version_makes_child_commit(
@@ -262,7 +269,7 @@ def test_new_package_version_makes_child_commit(
 ) -> None:
     apt_repo: AptRepo = repo_factory("evolving")  # type: ignore[operator]
     tf = treefile(tmp_path, apt_repo)
-    repo = tmp_path / "repo"
+    repo = bare_repo(tmp_path / "repo")
     assert cli("compose", "tree", tf, "--repo", repo, "--cachedir", cachedir).returncode == 0
     first = ostree(repo, "rev-parse", "test/os").strip()
     apt_repo.add(hello("1.1"))
@@ -306,6 +313,7 @@ def test_lockfile_pins_versions(repo_factory: object, cachedir: Path, tmp_path: 
     apt_repo: AptRepo = repo_factory("locked")  # type: ignore[operator]
     with serve_directory(apt_repo.path) as server:
         tf = treefile(tmp_path, apt_repo, uri=server.url)
+        bare_repo(tmp_path / "repo")
         lock = tmp_path / "lock.json"
         result = cli(
             "compose",
@@ -391,12 +399,9 @@ def test_exclude_of_a_needed_package_names_who_needs_it(
 
 
 @pytest.fixture
-def existing_repo(composed: tuple[Path, Path, Result], tmp_path: Path) -> Path:
-    """A copy of the composed repository, to fail against."""
-    _, repo, _ = composed
-    copy = tmp_path / "repo"
-    subprocess.run(["cp", "-a", "--reflink=auto", str(repo), str(copy)], check=True)
-    return copy
+def existing_repo(composed: tuple[Path, Path, Result]) -> Path:
+    """The composed repository: each failing compose below must leave it exactly as it is."""
+    return composed[1]
 
 
 def _fails_cleanly(result: Result, repo: Path, before: object, *needles: str) -> None:
@@ -417,17 +422,15 @@ def test_unknown_packages_all_named(
 
 
 def test_wrong_signing_key_is_refused(
-    repo_factory: object, apt_repo: AptRepo, existing_repo: Path, cachedir: Path, tmp_path: Path
+    apt_repo: AptRepo, existing_repo: Path, cachedir: Path, tmp_path: Path
 ) -> None:
-    other: AptRepo = repo_factory("other-key")  # type: ignore[operator]
     before = repo_snapshot(existing_repo)
     data = json.loads(treefile(tmp_path, apt_repo).read_text())
-    data["repos"][0]["signed-by"] = str(other.keyring)  # a key that did not sign apt_repo
+    data["repos"][0]["signed-by"] = str(make_gpg_key("stranger").keyring)  # did not sign it
     tf = tmp_path / "wrongkey.json"
     tf.write_text(json.dumps(data))
     result = cli("compose", "tree", tf, "--repo", existing_repo, "--cachedir", cachedir)
-    _fails_cleanly(result, existing_repo, before)
-    assert "sign" in result.error_line.lower() or "key" in result.error_line.lower()
+    _fails_cleanly(result, existing_repo, before, "NO_PUBKEY", "is not signed")
 
 
 def test_unsigned_repository_is_refused(
@@ -507,7 +510,8 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
 def test_compose_commit_folder_and_tarball(apt_repo: AptRepo, tmp_path: Path) -> None:
     rootfs = tmp_path / "rootfs"
     sources = tmp_path / "test.sources"
-    sources.write_text(apt_repo.deb822_source(apt_repo.file_uri))
+    # mmdebstrap wants copy:// for a folder outside the chroot
+    sources.write_text(apt_repo.deb822_source(f"copy://{apt_repo.path}"))
     subprocess.run(
         [
             "mmdebstrap",

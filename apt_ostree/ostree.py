@@ -168,3 +168,76 @@ def ed25519_sign_commit(repo: Any, checksum: str, secret_key_file: Path) -> None
         signer.commit(repo, checksum, None)
     except GLib.Error as e:
         raise _fail(f"cannot sign {checksum} with {secret_key_file}", e) from e
+
+
+# ---- static deltas and summary ----
+
+
+def _short(checksum: str | None) -> str:
+    return checksum[:6] if checksum else "scratch"
+
+
+def generate_static_delta(repo: Any, from_checksum: str | None, to_checksum: str) -> None:
+    """Write the static delta from `from_checksum` (None: "from scratch") to `to_checksum`.
+
+    MAJOR deltas are the ones meant for serving (ostree static-delta generate's default); the
+    defaults of the parameters (bsdiff on, objects over 4 MB left to a plain fetch) are kept.
+    """
+    params = GLib.Variant("a{sv}", {})
+    try:
+        repo.static_delta_generate(
+            OSTree.StaticDeltaGenerateOpt.MAJOR, from_checksum, to_checksum, None, params, None
+        )
+    except GLib.Error as e:
+        what = f"{_short(from_checksum)} -> {_short(to_checksum)}"
+        raise _fail(f"cannot generate the static delta {what}", e) from e
+
+
+def _delta_dir(from_checksum: str | None, to_checksum: str) -> str:
+    """The folder of a delta under `deltas/`, named as libostree names it (ostree-repo-static-
+    delta-core.c): modified base64 of the checksums, split after two characters."""
+    to_b64 = OSTree.checksum_b64_from_bytes(OSTree.checksum_to_bytes(to_checksum))
+    if from_checksum is None:
+        return f"{to_b64[:2]}/{to_b64[2:]}"
+    from_b64 = OSTree.checksum_b64_from_bytes(OSTree.checksum_to_bytes(from_checksum))
+    return f"{from_b64[:2]}/{from_b64[2:]}-{to_b64}"
+
+
+def static_delta_size(repo: Any, from_checksum: str | None, to_checksum: str) -> int:
+    """Bytes a client downloads for this delta (its superblock and parts); 0 when absent."""
+    folder = Path(repo.get_path().get_path()) / "deltas" / _delta_dir(from_checksum, to_checksum)
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def regenerate_summary(repo: Any) -> None:
+    """Rewrite the repository's `summary` (refs, and the index of static deltas) for clients of
+    a plain HTTP server. libostree drops the old `summary.sig`: sign again afterwards."""
+    try:
+        repo.regenerate_summary(None, None)
+    except GLib.Error as e:
+        raise _fail("cannot regenerate the summary", e) from e
+
+
+def gpg_sign_summary(repo: Any, key_id: str, homedir: Path | None) -> None:
+    """Add a GPG signature of the current summary to `summary.sig`."""
+    try:
+        repo.add_gpg_signature_summary([key_id], str(homedir) if homedir else None, None)
+    except GLib.Error as e:
+        raise _fail(f"cannot GPG-sign the summary with key {key_id}", e) from e
+
+
+def ed25519_sign_summary(repo: Any, secret_key_file: Path) -> None:
+    """Add an ed25519 signature of the current summary to `summary.sig`."""
+    try:
+        secret = secret_key_file.read_text().split()[0]
+    except (OSError, IndexError) as e:
+        raise RepoError(f"cannot read ed25519 secret key {secret_key_file}") from e
+    try:
+        signer = OSTree.Sign.get_by_name("ed25519")
+        # ostree_sign_summary takes the secret keys as an "av" of engine-specific keys
+        keys_variant = GLib.Variant("av", [GLib.Variant("s", secret)])
+        signer.summary(repo, keys_variant, None)
+    except GLib.Error as e:
+        raise _fail(f"cannot sign the summary with {secret_key_file}", e) from e

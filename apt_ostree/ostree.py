@@ -241,3 +241,11 @@ def ed25519_sign_summary(repo: Any, secret_key_file: Path) -> None:
         signer.summary(repo, keys_variant, None)
     except GLib.Error as e:
         raise _fail(f"cannot sign the summary with {secret_key_file}", e) from e
+
+
+def set_ref(repo: Any, ref: str, checksum: str | None) -> None:
+    """Point `ref` at `checksum` at once, outside a transaction (None deletes the ref)."""
+    try:
+        repo.set_ref_immediate(None, ref, checksum, None)
+    except GLib.Error as e:
+        raise _fail(f"cannot set {ref} to {checksum or '(none)'}", e) from e

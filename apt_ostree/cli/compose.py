@@ -13,8 +13,11 @@ from apt_ostree.compose.tree import (
     DEFAULT_CACHEDIR,
     ComposeOptions,
     ComposeResult,
+    DeltaResult,
+    SummarySigning,
     compose_tree,
     source_date_epoch_from_env,
+    static_delta_for_ref,
 )
 from apt_ostree.errors import UnchangedError, UsageError
 from apt_ostree.progress import TerminalProgress, human_size
@@ -57,7 +60,13 @@ def register(verbs: Any) -> None:
         metavar="KEYFILE",
         help="sign the commit with the ed25519 secret key in KEYFILE (base64)",
     )
+    tree.add_argument(
+        "--static-delta",
+        action="store_true",
+        help="also write the static delta from the ref's previous commit",
+    )
     tree.set_defaults(func=cmd_tree)
+    _register_static_delta(sub)
     commit = sub.add_parser("commit", help="postprocess and commit a rootfs made by another tool")
     commit.add_argument("rootfs", type=Path, help="a folder or a tarball")
     commit.add_argument("--repo", type=Path, required=True, help="an existing OSTree repository")
@@ -71,6 +80,38 @@ def register(verbs: Any) -> None:
     )
     commit.add_argument("--cachedir", type=Path, default=DEFAULT_CACHEDIR)
     commit.set_defaults(func=cmd_commit)
+
+
+def _signing_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--gpg-sign", metavar="KEYID", help=f"GPG-sign {what} with KEYID")
+    parser.add_argument("--gpg-homedir", type=Path, help="GnuPG home for --gpg-sign")
+    parser.add_argument(
+        "--sign-ed25519",
+        type=Path,
+        metavar="KEYFILE",
+        help=f"sign {what} with the ed25519 secret key in KEYFILE (base64)",
+    )
+
+
+def _register_static_delta(sub: Any) -> None:
+    delta = sub.add_parser(
+        "static-delta",
+        help="write the static delta to a ref's commit and update the summary",
+    )
+    delta.add_argument("ref", metavar="REF")
+    delta.add_argument("--repo", type=Path, required=True, help="an existing OSTree repository")
+    source = delta.add_mutually_exclusive_group()
+    source.add_argument(
+        "--from",
+        dest="from_rev",
+        metavar="CHECKSUM",
+        help="the commit clients update from (default: the parent of REF's commit)",
+    )
+    source.add_argument(
+        "--empty", action="store_true", help="a delta from nothing, for first pulls"
+    )
+    _signing_arguments(delta, "the summary")
+    delta.set_defaults(func=cmd_static_delta)
 
 
 def _print_result(result: ComposeResult) -> None:
@@ -90,6 +131,13 @@ def _print_result(result: ComposeResult) -> None:
     print(f"  version:  {result.version or '(none)'}")
     print(f"  packages: {len(result.packages)}")
     print(f"  size:     {human_size(result.size)}")
+    if result.delta is not None:
+        print(f"  delta:    {_delta_line(result.delta)}")
+
+
+def _delta_line(delta: DeltaResult) -> str:
+    source = delta.from_checksum[:6] if delta.from_checksum else "scratch"
+    return f"{source} -> {delta.to_checksum[:6]}, {human_size(delta.size)}"
 
 
 def cmd_tree(args: argparse.Namespace) -> int:
@@ -105,13 +153,35 @@ def cmd_tree(args: argparse.Namespace) -> int:
         gpg_sign=args.gpg_sign,
         gpg_homedir=args.gpg_homedir,
         ed25519_key=args.sign_ed25519,
+        static_delta=args.static_delta,
     )
-    if args.sign_ed25519 and not args.sign_ed25519.is_file():
-        raise UsageError(f"--sign-ed25519: {args.sign_ed25519} is not a file")
+    _check_key_file(args.sign_ed25519)
     result = compose_tree(treefile, options, TerminalProgress(sys.stderr))
     _print_result(result)
     if not result.changed and not args.dry_run and args.unchanged_exit_77:
         raise UnchangedError(f"{result.ref}: nothing changed")
+    return 0
+
+
+def _check_key_file(path: Path | None) -> None:
+    if path and not path.is_file():
+        raise UsageError(f"--sign-ed25519: {path} is not a file")
+
+
+def cmd_static_delta(args: argparse.Namespace) -> int:
+    _check_key_file(args.sign_ed25519)
+    delta = static_delta_for_ref(
+        args.repo.absolute(),
+        args.ref,
+        from_checksum=args.from_rev,
+        from_scratch=args.empty,
+        signing=SummarySigning(args.gpg_sign, args.gpg_homedir, args.sign_ed25519),
+        progress=TerminalProgress(sys.stderr),
+    )
+    print(f"Static delta {_delta_line(delta)}")
+    print(f"  ref:  {args.ref}")
+    print(f"  from: {delta.from_checksum or '(scratch)'}")
+    print(f"  to:   {delta.to_checksum}")
     return 0
 
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from apt_ostree.aptpkg import AptRoot, Request, ResolvedPackage
 from apt_ostree.compose import lockfile
 from apt_ostree.compose.bootstrap import BootstrapInput, bootstrap
 from apt_ostree.compose.postprocess import PostprocessOptions, postprocess
-from apt_ostree.errors import RepoError
+from apt_ostree.errors import AptOstreeError, RepoError
 from apt_ostree.progress import Progress
 from apt_ostree.treefile import RepoEntry, Treefile
 
@@ -45,6 +45,23 @@ class ComposeOptions:
     gpg_sign: str | None = None  # key id
     gpg_homedir: Path | None = None
     ed25519_key: Path | None = None  # secret key file, base64 as ostree's
+    static_delta: bool = False  # also write the static delta from the ref's previous commit
+
+
+@dataclass(frozen=True)
+class SummarySigning:
+    """How to sign the repository's summary: as the commits are signed."""
+
+    gpg_sign: str | None = None  # key id
+    gpg_homedir: Path | None = None
+    ed25519_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class DeltaResult:
+    from_checksum: str | None  # None: a "from scratch" delta
+    to_checksum: str
+    size: int  # bytes a client downloads for it
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,7 @@ class ComposeResult:
     packages: tuple[ResolvedPackage, ...]
     inputhash: str
     size: int = 0  # bytes of the committed tree's files
+    delta: DeltaResult | None = None  # the static delta written with --static-delta
 
 
 def source_date_epoch_from_env() -> int | None:
@@ -190,7 +208,8 @@ def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress
         with progress.step("Postprocessing"):
             postprocess(rootfs, postprocess_options(treefile), progress)
         with progress.step("Committing"):
-            return _commit(treefile, options, previous, rootfs, packages, inputhash)
+            result = _commit(treefile, options, previous, rootfs, packages, inputhash)
+    return publish(result, options, previous.checksum if previous else None, progress)
 
 
 def postprocess_options(treefile: Treefile) -> PostprocessOptions:
@@ -211,6 +230,79 @@ def sign_commit(repo: Any, checksum: str, options: ComposeOptions) -> None:
         ostree.gpg_sign_commit(repo, checksum, options.gpg_sign, options.gpg_homedir)
     if options.ed25519_key:
         ostree.ed25519_sign_commit(repo, checksum, options.ed25519_key)
+
+
+def summary_signing(options: ComposeOptions) -> SummarySigning:
+    return SummarySigning(options.gpg_sign, options.gpg_homedir, options.ed25519_key)
+
+
+def publish(
+    result: ComposeResult, options: ComposeOptions, parent: str | None, progress: Progress
+) -> ComposeResult:
+    """Make a new commit servable by a plain HTTP server: its static delta from the parent when
+    asked, and always a fresh summary (clients of a static server learn refs from it)."""
+    assert result.checksum is not None
+    repo = ostree.open_repo(options.repo)
+    delta = None
+    if options.static_delta and parent is not None:
+        delta = write_static_delta(repo, parent, result.checksum, progress)
+    update_summary(repo, options.repo, summary_signing(options), progress)
+    return replace(result, delta=delta)
+
+
+def write_static_delta(
+    repo: Any, from_checksum: str | None, to_checksum: str, progress: Progress
+) -> DeltaResult:
+    source = from_checksum[:6] if from_checksum else "scratch"
+    with progress.step(f"Generating static delta {source} -> {to_checksum[:6]}"):
+        ostree.generate_static_delta(repo, from_checksum, to_checksum)
+    size = ostree.static_delta_size(repo, from_checksum, to_checksum)
+    return DeltaResult(from_checksum, to_checksum, size)
+
+
+def update_summary(repo: Any, path: Path, signing: SummarySigning, progress: Progress) -> None:
+    """Regenerate the summary (refs and the delta index) and sign it as the commits are."""
+    was_signed = (path / "summary.sig").exists()
+    with progress.step("Updating the summary"):
+        ostree.regenerate_summary(repo)
+        if signing.gpg_sign:
+            ostree.gpg_sign_summary(repo, signing.gpg_sign, signing.gpg_homedir)
+        if signing.ed25519_key:
+            ostree.ed25519_sign_summary(repo, signing.ed25519_key)
+    if was_signed and not (signing.gpg_sign or signing.ed25519_key):
+        # libostree drops summary.sig with the old summary; remotes that verify it fail now
+        progress.message("warning: the previous summary was signed, the new one is not")
+
+
+def static_delta_for_ref(
+    repo_path: Path,
+    ref: str,
+    *,
+    from_checksum: str | None = None,
+    from_scratch: bool = False,
+    signing: SummarySigning | None = None,
+    progress: Progress,
+) -> DeltaResult:
+    """`compose static-delta`: the delta to the commit of `ref` from `from_checksum` (default:
+    that commit's parent), then the summary again so that clients find it."""
+    repo = ostree.open_repo(repo_path)
+    to_checksum = ostree.resolve_ref(repo, ref)
+    if to_checksum is None:
+        raise RepoError(f"{ref}: no such ref in {repo_path}")
+    if from_checksum is not None:
+        source = ostree.resolve_ref(repo, from_checksum)
+        if source is None:
+            raise RepoError(f"--from {from_checksum}: no such ref or commit in {repo_path}")
+        from_checksum = source
+    elif not from_scratch:
+        from_checksum = ostree.read_commit(repo, to_checksum).parent
+        if from_checksum is None:
+            raise RepoError(
+                f"{ref} ({to_checksum[:6]}) has no parent commit: pass --from or --empty"
+            )
+    delta = write_static_delta(repo, from_checksum, to_checksum, progress)
+    update_summary(repo, repo_path, signing or SummarySigning(), progress)
+    return delta
 
 
 def tree_packages(rootfs: Path) -> list[tuple[str, str, str]]:
@@ -248,4 +340,10 @@ def _commit(
         metadata=metadata,
         timestamp=timestamp,
     )
+    try:
+        sign_commit(repo, checksum, options)
+    except AptOstreeError:
+        # the ref moved with the commit: put it back, a failed compose changes no ref
+        ostree.set_ref(repo, treefile.ref, previous.checksum if previous else None)
+        raise
     return ComposeResult(treefile.ref, True, checksum, version, tuple(packages), inputhash, size)

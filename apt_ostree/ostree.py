@@ -7,7 +7,8 @@ types, turns `GLib.Error` into `RepoError`, and returns plain Python.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,298 @@ def list_refs(repo: Any) -> Sequence[str]:
     except GLib.Error as e:
         raise _fail("cannot list refs", e) from e
     return sorted(refs)
+
+
+# ---- sysroots and deployments ----
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One deployment of a sysroot, as plain data (its GI object stays in `Sysroot`)."""
+
+    osname: str
+    checksum: str
+    serial: int
+    index: int
+    booted: bool
+    staged: bool
+    pinned: bool
+    unlocked: str
+    origin: str  # the .origin keyfile's text
+    kargs: tuple[str, ...]  # without libostree's own ostree= argument
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return f"{self.osname}-{self.checksum}.{self.serial}"
+
+
+@dataclass(frozen=True)
+class PullStats:
+    fetched_objects: int
+    bytes_transferred: int
+    delta_parts: int
+    seconds: float
+
+
+PullProgressCallback = Callable[[int, int, int, float], None]  # fetched, requested, bytes, speed
+
+
+def _keyfile(text: str) -> GLib.KeyFile:
+    kf = GLib.KeyFile()
+    try:
+        kf.load_from_data(text, len(text.encode()), GLib.KeyFileFlags.KEEP_COMMENTS)
+    except GLib.Error as e:
+        raise _fail("malformed origin", e) from e
+    return kf
+
+
+class Sysroot:
+    """A loaded OSTree sysroot (a folder, or / on a machine booted from OSTree)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(str(path)))
+        self._gi: dict[int, Any] = {}
+        self.load()
+
+    def load(self) -> None:
+        try:
+            self._sysroot.load(None)
+        except GLib.Error as e:
+            raise _fail(f"{self.path} is not an OSTree sysroot", e) from e
+
+    @staticmethod
+    def initialize(path: Path, osname: str) -> Sysroot:
+        """Create the sysroot layout in the folder `path` (made if absent) and a stateroot."""
+        path.mkdir(parents=True, exist_ok=True)
+        sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(str(path)))
+        try:
+            sysroot.ensure_initialized(None)
+            sysroot.load(None)
+            if not (path / "ostree" / "deploy" / osname).is_dir():
+                sysroot.init_osname(osname, None)
+        except GLib.Error as e:
+            raise _fail(f"cannot initialize a sysroot in {path}", e) from e
+        return Sysroot(path)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold libostree's sysroot lock; fail at once when another process holds it."""
+        try:
+            _, acquired = self._sysroot.try_lock()
+        except GLib.Error as e:
+            raise _fail(f"cannot lock the sysroot {self.path}", e) from e
+        if not acquired:
+            raise RepoError(f"the sysroot {self.path} is locked by another process")
+        try:
+            self.load()
+            yield
+        finally:
+            self._sysroot.unlock()
+
+    @property
+    def repo(self) -> Any:
+        try:
+            _, repo = self._sysroot.get_repo(None)
+        except GLib.Error as e:
+            raise _fail(f"cannot open the repository of {self.path}", e) from e
+        return repo
+
+    def is_booted(self) -> bool:
+        return self._sysroot.get_booted_deployment() is not None
+
+    def _info(self, d: Any, booted: Any) -> Deployment:
+        origin = d.get_origin()
+        bootconfig = d.get_bootconfig()
+        options = (bootconfig.get("options") if bootconfig else None) or ""
+        return Deployment(
+            osname=d.get_osname(),
+            checksum=d.get_csum(),
+            serial=d.get_deployserial(),
+            index=d.get_index(),
+            booted=booted is not None and d.equal(booted),
+            staged=d.is_staged(),
+            pinned=d.is_pinned(),
+            unlocked=OSTree.Deployment.unlocked_state_to_string(d.get_unlocked()),
+            origin=origin.to_data()[0] if origin is not None else "",
+            kargs=tuple(a for a in options.split() if not a.startswith("ostree=")),
+            path=self.path / self._sysroot.get_deployment_dirpath(d),
+        )
+
+    def deployments(self) -> list[Deployment]:
+        booted = self._sysroot.get_booted_deployment()
+        found = self._sysroot.get_deployments()
+        self._gi = {i: d for i, d in enumerate(found)}
+        return [self._info(d, booted) for d in found]
+
+    def _find(self, deployment: Deployment) -> Any:
+        for d in self._sysroot.get_deployments():
+            found = (d.get_osname(), d.get_csum(), d.get_deployserial())
+            if found == (deployment.osname, deployment.checksum, deployment.serial):
+                return d
+        raise RepoError(f"deployment {deployment.id} is gone")
+
+    def deploy(
+        self,
+        osname: str,
+        checksum: str,
+        origin: str,
+        *,
+        merge: Deployment | None,
+        kargs: Sequence[str] | None,
+        stage: bool,
+    ) -> None:
+        """Deploy `checksum` as the new default of `osname`, keeping the merge deployment.
+
+        On a booted system the deployment is staged (libostree writes it at shutdown, with
+        /etc merged then); in a folder sysroot it is written at once.
+        """
+        merge_gi = self._find(merge) if merge is not None else None
+        argv = list(kargs) if kargs is not None else None
+        try:
+            if stage:
+                self._sysroot.stage_tree(osname, checksum, _keyfile(origin), merge_gi, argv, None)
+                return
+            _, new = self._sysroot.deploy_tree(
+                osname, checksum, _keyfile(origin), merge_gi, argv, None
+            )
+            self._sysroot.simple_write_deployment(
+                osname, new, merge_gi, OSTree.SysrootSimpleWriteDeploymentFlags.NONE, None
+            )
+        except GLib.Error as e:
+            raise _fail(f"cannot deploy {checksum}", e) from e
+        finally:
+            self.load()
+
+    def write_order(self, deployments: Sequence[Deployment]) -> None:
+        """Make the deployment list exactly `deployments` (reorder or drop; the first boots)."""
+        new = [self._find(d) for d in deployments]
+        try:
+            self._sysroot.write_deployments(new, None)
+        except GLib.Error as e:
+            raise _fail("cannot write the deployment list", e) from e
+        finally:
+            self.load()
+
+    def set_pinned(self, deployment: Deployment, pinned: bool) -> None:
+        try:
+            self._sysroot.deployment_set_pinned(self._find(deployment), pinned)
+        except GLib.Error as e:
+            raise _fail(f"cannot pin {deployment.id}", e) from e
+        finally:
+            self.load()
+
+    def cleanup(self) -> None:
+        """Remove undeployed trees and prune repository objects no ref or deployment uses."""
+        try:
+            self._sysroot.cleanup(None)
+        except GLib.Error as e:
+            raise _fail(f"cannot clean up {self.path}", e) from e
+
+
+def add_remote(
+    repo: Any,
+    name: str,
+    url: str,
+    *,
+    gpg_verify: bool,
+    gpg_keyring: Path | None = None,
+    ed25519_key: str | None = None,
+) -> None:
+    """Add (or replace) the remote `name` with its verification settings."""
+    options: dict[str, GLib.Variant] = {
+        "gpg-verify": GLib.Variant("b", gpg_verify),
+        "gpg-verify-summary": GLib.Variant("b", False),
+    }
+    if ed25519_key is not None:
+        options["sign-verify"] = GLib.Variant("b", True)
+        options["verification-ed25519-key"] = GLib.Variant("s", ed25519_key)
+    try:
+        repo.remote_change(
+            None,
+            OSTree.RepoRemoteChange.REPLACE,
+            name,
+            url,
+            GLib.Variant("a{sv}", options),
+            None,
+        )
+        if gpg_keyring is not None:
+            stream = Gio.File.new_for_path(str(gpg_keyring)).read(None)
+            repo.remote_gpg_import(name, stream, None, None)
+    except GLib.Error as e:
+        raise _fail(f"cannot configure remote {name}", e) from e
+
+
+def remote_names(repo: Any) -> list[str]:
+    return sorted(repo.remote_list() or [])
+
+
+def remote_url(repo: Any, name: str) -> str:
+    try:
+        _, url = repo.remote_get_url(name)
+    except GLib.Error as e:
+        raise _fail(f"unknown remote {name}", e) from e
+    return str(url)
+
+
+def pull(
+    repo: Any,
+    remote: str,
+    refs: Sequence[str],
+    *,
+    commit_only: bool = False,
+    depth: int = 0,
+    on_progress: PullProgressCallback | None = None,
+    cancellable: Any = None,
+) -> PullStats:
+    """Pull `refs` (names or checksums) from `remote`, with libostree's verification."""
+    flags = OSTree.RepoPullFlags.COMMIT_ONLY if commit_only else OSTree.RepoPullFlags.NONE
+    options = GLib.Variant(
+        "a{sv}",
+        {
+            "refs": GLib.Variant("as", list(refs)),
+            "flags": GLib.Variant("i", int(flags)),
+            "depth": GLib.Variant("i", depth),
+        },
+    )
+    start = time.monotonic()
+    progress = OSTree.AsyncProgress.new()
+    last = {"bytes": 0, "fetched": 0, "parts": 0}
+
+    def changed(p: Any) -> None:
+        fetched, requested = p.get_uint("fetched"), p.get_uint("requested")
+        transferred = p.get_uint64("bytes-transferred")
+        last.update(bytes=transferred, fetched=fetched, parts=p.get_uint("fetched-delta-parts"))
+        if on_progress is not None:
+            elapsed = max(time.monotonic() - start, 1e-3)
+            on_progress(fetched, requested, transferred, transferred / elapsed)
+
+    progress.connect("changed", changed)
+    try:
+        repo.pull_with_options(remote, options, progress, cancellable)
+    except GLib.Error as e:
+        raise _fail(f"cannot pull {', '.join(refs)} from {remote}", e) from e
+    finally:
+        progress.finish()
+    changed(progress)
+    return PullStats(last["fetched"], last["bytes"], last["parts"], time.monotonic() - start)
+
+
+def commit_is_partial(repo: Any, checksum: str) -> bool:
+    try:
+        _, _, state = repo.load_commit(checksum)
+    except GLib.Error as e:
+        raise _fail(f"commit {checksum} is not in the repository", e) from e
+    return bool(state & OSTree.RepoCommitState.PARTIAL)
+
+
+def has_commit(repo: Any, checksum: str) -> bool:
+    try:
+        _, found = repo.has_object(OSTree.ObjectType.COMMIT, checksum, None)
+    except GLib.Error as e:
+        raise _fail(f"cannot look up {checksum}", e) from e
+    return bool(found)
 
 
 def gpg_sign_commit(repo: Any, checksum: str, key_id: str, homedir: Path | None) -> None:

@@ -42,6 +42,9 @@ class Progress:
     ) -> None:
         """Download progress within the current step; `final` once it is complete."""
 
+    def live(self, text: str, *, final: bool = False) -> None:
+        """A status line that the next one replaces (pull counters); `final` keeps it."""
+
     @contextmanager
     def step(self, title: str) -> Iterator[None]:
         start = time.monotonic()
@@ -97,4 +100,7 @@ class TerminalProgress(Progress):
             f"    downloading: {human_size(done_bytes)} / {human_size(total_bytes)}"
             f" at {human_size(bytes_per_second)}/s"
         )
+        self._live_line(text, final=final)
+
+    def live(self, text: str, *, final: bool = False) -> None:
         self._live_line(text, final=final)

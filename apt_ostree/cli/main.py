@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from apt_ostree import __version__
-from apt_ostree.cli import compose
+from apt_ostree.cli import client, compose
 from apt_ostree.errors import AptOstreeError, UnchangedError, UsageError
 
 EXIT_FAILED = 1
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     verbs.required = True
     compose.register(verbs)
+    client.register(verbs)
     return parser
 
 
@@ -57,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # the reader went away (`status --json | head`): not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

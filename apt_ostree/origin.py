@@ -1,0 +1,122 @@
+"""A deployment's origin: what the user asked for, never the result (DESIGN.md "The origin").
+
+The `.origin` file is libostree's GKeyFile. It is read and written here as text so that the
+model stays plain Python; `ostree.Sysroot.deploy` hands the text to libostree. List values
+use GKeyFile's `a;b;` form.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from dataclasses import dataclass, field, replace
+
+from apt_ostree.errors import UsageError
+
+CHECKSUM_RE = re.compile(r"^[0-9a-f]{64}$")
+
+# (group, key) of every list the origin holds, with the Origin field it maps to.
+_LISTS = {
+    "requested_packages": ("packages", "requested"),
+    "requested_local_packages": ("packages", "requested-local"),
+    "override_remove": ("overrides", "remove"),
+    "override_replace": ("overrides", "replace"),
+    "override_replace_local": ("overrides", "replace-local"),
+    "initramfs_args": ("aptostree", "initramfs-args"),
+}
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    return tuple(v for v in value.split(";") if v)
+
+
+@dataclass(frozen=True)
+class Refspec:
+    remote: str | None
+    ref: str
+
+    @staticmethod
+    def parse(text: str) -> Refspec:
+        remote, sep, ref = text.rpartition(":")
+        if not ref or (sep and not remote):
+            raise UsageError(f"malformed refspec {text!r}: expected REMOTE:REF")
+        return Refspec(remote or None, ref)
+
+    def __str__(self) -> str:
+        return f"{self.remote}:{self.ref}" if self.remote else self.ref
+
+
+@dataclass(frozen=True)
+class Origin:
+    refspec: Refspec
+    override_commit: str | None = None
+    requested_packages: tuple[str, ...] = ()
+    requested_local_packages: tuple[str, ...] = ()
+    override_remove: tuple[str, ...] = ()
+    override_replace: tuple[str, ...] = ()
+    override_replace_local: tuple[str, ...] = ()
+    regenerate_initramfs: bool = False
+    initramfs_args: tuple[str, ...] = ()
+    # groups and keys this version does not know, kept as they were
+    extra: tuple[tuple[str, str, str], ...] = field(default=())
+
+    @property
+    def pinned_commit(self) -> str | None:
+        return self.override_commit
+
+    def with_refspec(self, refspec: Refspec, *, pin: str | None = None) -> Origin:
+        return replace(self, refspec=refspec, override_commit=pin)
+
+    def with_pin(self, checksum: str | None) -> Origin:
+        return replace(self, override_commit=checksum)
+
+    @staticmethod
+    def parse(text: str) -> Origin:
+        parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        try:
+            parser.read_string(text)
+        except configparser.Error as e:
+            raise UsageError(f"malformed origin: {e}") from e
+        if not parser.has_option("origin", "refspec"):
+            raise UsageError(
+                "the origin has no [origin] refspec (container origins are not supported)"
+            )
+        known = {("origin", "refspec"), ("origin", "override-commit")}
+        known |= {("aptostree", "regenerate-initramfs")} | set(_LISTS.values())
+        lists = {
+            name: _split_list(parser.get(group, key, fallback=""))
+            for name, (group, key) in _LISTS.items()
+        }
+        extra = tuple(
+            (group, key, value)
+            for group in parser.sections()
+            for key, value in parser.items(group)
+            if (group, key) not in known
+        )
+        return Origin(
+            refspec=Refspec.parse(parser.get("origin", "refspec")),
+            override_commit=parser.get("origin", "override-commit", fallback=None) or None,
+            regenerate_initramfs=parser.getboolean(
+                "aptostree", "regenerate-initramfs", fallback=False
+            ),
+            extra=extra,
+            **lists,
+        )
+
+    def to_text(self) -> str:
+        groups: dict[str, dict[str, str]] = {"origin": {"refspec": str(self.refspec)}}
+        if self.override_commit:
+            groups["origin"]["override-commit"] = self.override_commit
+        for name, (group, key) in _LISTS.items():
+            values: tuple[str, ...] = getattr(self, name)
+            if values:
+                groups.setdefault(group, {})[key] = "".join(f"{v};" for v in values)
+        if self.regenerate_initramfs:
+            groups.setdefault("aptostree", {})["regenerate-initramfs"] = "true"
+        for group, key, value in self.extra:
+            groups.setdefault(group, {})[key] = value
+        return "".join(
+            f"[{group}]\n" + "".join(f"{k}={v}\n" for k, v in entries.items()) + "\n"
+            for group, entries in groups.items()
+        )

@@ -43,6 +43,8 @@ class Composed:
     deltas_after_first: str  # `ostree static-delta list` after the first compose
     result: Result  # of the second compose
     key: GpgKey  # the second compose is GPG-signed with it
+    treefile: Path
+    cachedir: Path
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def composed(tmp_path_factory: pytest.TempPathFactory, gpg_test_key: GpgKey) -> 
     result = cli(*compose, *signing)
     assert result.returncode == 0, result.stderr
     second = ostree(repo, "rev-parse", REF).strip()
-    return Composed(repo, first, second, deltas_after_first, result, gpg_test_key)
+    return Composed(repo, first, second, deltas_after_first, result, gpg_test_key, tf, cache)
 
 
 def _client(path: Path, url: str, *remote_options: str) -> Path:
@@ -221,3 +223,27 @@ def test_static_delta_verb_bad_input(
     assert needle in result.error_line
     assert "Traceback" not in result.stderr
     assert repo_snapshot(copy_of_repo) == before
+
+
+def test_failed_signing_leaves_ref_and_summary(composed: Composed, copy_of_repo: Path) -> None:
+    summary = (copy_of_repo / "summary").read_bytes()
+    result = cli(
+        "compose",
+        "tree",
+        composed.treefile,
+        "--repo",
+        copy_of_repo,
+        "--cachedir",
+        composed.cachedir,
+        "--force-nocache",
+        "--static-delta",
+        "--gpg-sign",
+        "0" * 40,
+        "--gpg-homedir",
+        composed.key.homedir,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "GPG-sign" in result.error_line
+    assert ostree(copy_of_repo, "rev-parse", REF).strip() == composed.second
+    assert (copy_of_repo / "summary").read_bytes() == summary
+    assert ostree(copy_of_repo, "static-delta", "list").strip() in ("", "(No static deltas)")

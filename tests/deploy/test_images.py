@@ -11,7 +11,7 @@ import pytest
 
 from apt_ostree.pkgdiff import diff_packages
 from tests.support.httpd import Server
-from tests.support.images import KERNEL_VERSION, Images, ostree
+from tests.support.images import KERNEL_VERSION, Images, compose_next, hello_deb, ostree
 
 pytestmark = [pytest.mark.slow]
 
@@ -95,3 +95,20 @@ def test_deploys_from_http(
     assert (deployment / "etc/hello-aot.conf").read_text() == "greeting=hello\n"
     boot = list((sysroot / "boot/ostree").glob("test-*/vmlinuz-*"))
     assert boot, "libostree copied no kernel to /boot"
+
+
+def test_compose_next_into_a_copy(images: Images, tmp_path: Path) -> None:
+    before = ostree(images.repo, "refs")
+    summary = (images.repo / "summary").read_bytes()
+    nxt = compose_next(images, tmp_path / "next", add=[hello_deb("1.2")])
+    assert nxt.version == "1.2"
+    assert ostree(nxt.repo, "rev-parse", f"{images.ref}^").strip() == images.versions["1.1"]
+    assert images.ref in ostree(nxt.repo, "summary", "--view")
+    assert (
+        ostree(nxt.repo, "cat", images.ref, "/usr/bin/hello-aot") == "#!/bin/sh\necho hello 1.2\n"
+    )
+    # the shared images are untouched
+    assert ostree(images.repo, "refs") == before
+    assert (images.repo / "summary").read_bytes() == summary
+    assert ostree(images.repo, "rev-parse", images.ref).strip() == images.versions["1.1"]
+    assert not any(d.name.startswith("hello-aot_1.2") for d in images.apt.debs())

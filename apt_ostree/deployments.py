@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apt_ostree import keys, ostree
+from apt_ostree import aptpkg, keys, ostree
 from apt_ostree.errors import AptOstreeError, CommandError, RepoError, UnchangedError, UsageError
 from apt_ostree.origin import CHECKSUM_RE, Origin, Refspec
 from apt_ostree.pkgdiff import PackageDiff, diff_packages
@@ -303,7 +303,7 @@ class SysrootClient:
             if new == current.base_checksum:
                 return Outcome(False, ("No upgrade available.",))
             target = self.commit(new)
-            if target.timestamp < current.timestamp and not options.allow_downgrade:
+            if self._is_older(target, current) and not options.allow_downgrade:
                 raise DeploymentError(
                     f"{origin.refspec} is at {new[:12]} (version {target.version or '-'},"
                     f" {timestamp_text(target.timestamp)}), older than the deployed"
@@ -320,6 +320,20 @@ class SysrootClient:
                 return Outcome(True, (f"Downloaded {new} (version {target.version or '-'})",))
             self._deploy(new, origin, merge)
             return Outcome(True, self._deployed_lines(current.checksum, new), diff, new)
+
+    def _is_older(self, new: CommitSummary, current: CommitSummary) -> bool:
+        """Older by timestamp; with equal timestamps (SOURCE_DATE_EPOCH composes), an ancestor
+        of the current commit, or a lower version in Debian's version order."""
+        if new.timestamp != current.timestamp:
+            return new.timestamp < current.timestamp
+        checksum: str | None = current.checksum
+        while checksum is not None and ostree.has_commit(self.repo, checksum):
+            if checksum == new.checksum:
+                return True
+            checksum = ostree.read_commit(self.repo, checksum).parent
+        if new.version and current.version:
+            return aptpkg.version_compare(new.version, current.version) < 0
+        return False
 
     def _find_version(self, refspec: Refspec, version: str) -> str:
         """Walk the ref's history (commit objects only) for a commit with that version."""
@@ -505,7 +519,7 @@ class SysrootClient:
             if len(own) < 2:
                 raise DeploymentError("db diff: there is only one deployment; name two commits")
             merge = self.merge_deployment()
-            others = [d for d in own if d is not merge]
+            others = [d for d in own if d != merge]
             old_c, new_c = merge.checksum, others[0].checksum
             if own.index(others[0]) > own.index(merge):
                 old_c, new_c = others[0].checksum, merge.checksum

@@ -17,7 +17,8 @@ The steps, in this order, and why:
    (and before /var/cache is cleared: debconf's database lives there).
 8. Per-machine state out: /etc/machine-id emptied (or removed), SSH host keys (and a unit
    that makes them on first boot), random seeds, D-Bus's machine-id, the contents of
-   /var/log, /var/cache and apt's lists; /etc/resolv.conf points at systemd-resolved's
+   /var/log, /var/cache and apt's lists, the tools' backups of their last state (dpkg's
+   `*-old`, /etc/shadow- and friends); /etc/resolv.conf points at systemd-resolved's
    stub when the tree has it.
 9. /home, /root, /srv, /mnt, /usr/local move under /var (their own at runtime), /opt's
    content to /usr/lib/opt; files a package put under /usr/local are refused.
@@ -85,6 +86,16 @@ MACHINE_FILES = (
     "var/lib/systemd/random-seed",
     "var/lib/systemd/credential.secret",
     "var/lib/urandom/random-seed",
+    # backups the tools keep of their last state: never used from an image, and they make
+    # every package change ship the dpkg status (and /etc/shadow) twice in each upgrade
+    "usr/lib/sysimage/dpkg/*-old",
+    "usr/lib/sysimage/debconf/*-old",
+    "etc/passwd-",
+    "etc/group-",
+    "etc/shadow-",
+    "etc/gshadow-",
+    "etc/subuid-",
+    "etc/subgid-",
 )
 BUILD_HOST_FILES = ("etc/resolv.conf", "etc/hostname")
 # Directories the conversion goes into: none may be a symlink out of the tree (an absolute

@@ -233,6 +233,9 @@ def test_tree_layout(composed: tuple[Path, Path, Result]) -> None:
         assert link in root
     assert "readme" in ostree(repo, "ls", "-R", "test/os", "/usr/lib/opt")
     assert ostree(repo, "cat", "test/os", "/usr/etc/machine-id") == ""
+    # no backups of the last state (status-old, shadow-): they would ship twice per upgrade
+    assert "status-old" not in ostree(repo, "ls", "test/os", "/usr/lib/sysimage/dpkg")
+    assert "/usr/etc/shadow-" not in ostree(repo, "ls", "test/os", "/usr/etc")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 
 from tests.compose.test_compose import cli, metadata, ostree
 from tests.support.debian import CACHE
+from tests.support.httpd import serve_directory
+from tests.support.images import remove_sysroot
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 REF = "debian/bookworm/amd64/minimal"
@@ -67,10 +70,31 @@ def test_minimal_example_is_a_bootable_tree(tmp_path: Path) -> None:
         entry = entries[0].read_text()
         assert "linux /ostree/debian-" in entry and "initrd /ostree/debian-" in entry
     finally:
-        # libostree makes deployment roots immutable; let pytest remove the scratch sysroot
-        for deployment in sysroot.glob("ostree/deploy/*/deploy/*"):
-            if deployment.is_dir():
-                subprocess.run(["chattr", "-i", str(deployment)], check=False)
+        remove_sysroot(sysroot)
+    # and the client's own verbs, pulling it over loopback HTTP
+    client = tmp_path / "client"
+    try:
+        with serve_directory(repo) as server:
+            result = cli(
+                "init", "--sysroot", client, "--os", "debian", "--remote",
+                f"origin={server.url}/", "--no-gpg-verify", REF, "--karg", "console=ttyS0",
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr
+        status = json.loads(cli("status", "--sysroot", client, "--json").stdout)
+        [deployment] = status["deployments"]
+        assert deployment["version"] == "12.0" and deployment["origin"] == f"origin:{REF}"
+        listing = cli("db", "list", "--sysroot", client).stdout
+        assert "linux-image-cloud-amd64" in listing and "systemd-sysv" in listing
+        assert cli("kargs", "--sysroot", client, "--append", "quiet").returncode == 0
+        assert cli("rollback", "--sysroot", client).returncode == 0
+        versions = json.loads(cli("status", "--sysroot", client, "--json").stdout)
+        assert [d["kernel-arguments"] for d in versions["deployments"]] == [
+            ["console=ttyS0"],
+            ["console=ttyS0", "quiet"],
+        ]
+        subprocess.run(["ostree", "fsck", f"--repo={client}/ostree/repo"], check=True)
+    finally:
+        remove_sysroot(client)
 
 
 def test_server_example_resolves_from_the_archive(tmp_path: Path) -> None:

@@ -13,14 +13,18 @@ from __future__ import annotations
 import contextlib
 import datetime
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from apt_ostree import aptpkg, keys, ostree
 from apt_ostree.errors import AptOstreeError, CommandError, RepoError, UnchangedError, UsageError
+from apt_ostree.layering.build import LayeringError, local_dir
+from apt_ostree.layering.build import refresh as layering_refresh
+from apt_ostree.layering.build import search as layering_search
+from apt_ostree.layering.build import build as build_layered
 from apt_ostree.origin import CHECKSUM_RE, Origin, Refspec
 from apt_ostree.pkgdiff import PackageDiff, diff_packages
 from apt_ostree.progress import Progress, human_size
@@ -237,12 +241,27 @@ class SysrootClient:
 
     def _deploy(
         self,
-        checksum: str,
+        base: str,
         origin: Origin,
         merge: ostree.Deployment,
         *,
         kargs: Sequence[str] | None = None,
-    ) -> None:
+        relayer: bool = True,
+        allow_inactive: bool = True,
+    ) -> str:
+        """Deploy `base` plus the origin's layered packages and overrides (rebuilt from the
+        pristine base, never from the current deployment); return the deployed commit."""
+        checksum = base
+        if relayer:
+            checksum, _ = build_layered(
+                self.sysroot,
+                self.osname(),
+                base,
+                origin,
+                etc=merge.path / "etc",
+                progress=self.progress,
+                allow_inactive=allow_inactive,
+            )
         stage = self.sysroot.is_booted()
         verb = "Staging" if stage else "Deploying"
         with self.progress.step(f"{verb} {checksum[:12]}"):
@@ -254,11 +273,12 @@ class SysrootClient:
                 kargs=kargs if kargs is not None else merge.kargs,
                 stage=stage,
             )
+        return checksum
 
     def _diff(self, old: str, new: str) -> PackageDiff:
         return diff_packages(self.commit(old).packages, self.commit(new).packages)
 
-    def _deployed_lines(self, base: str, new: str) -> tuple[str, ...]:
+    def _deployed_lines(self, new: str) -> tuple[str, ...]:
         c = self.commit(new)
         verb = "Staged" if self.sysroot.is_booted() else "Deployed"
         where = " (run `systemctl reboot` to start it)" if self.sysroot.is_booted() else ""
@@ -267,11 +287,10 @@ class SysrootClient:
     def _deploy_target(
         self, merge: ostree.Deployment, origin: Origin, refspec: Refspec, checksum: str
     ) -> Outcome:
-        current = self.commit(merge.checksum).base_checksum
         self._fetch_commit(refspec, checksum)
-        self._deploy(checksum, origin, merge)
-        diff = self._diff(current, checksum)
-        return Outcome(True, self._deployed_lines(current, checksum), diff, checksum)
+        deployed = self._deploy(checksum, origin, merge)
+        diff = self._diff(merge.checksum, deployed)
+        return Outcome(True, self._deployed_lines(deployed), diff, deployed)
 
     # ---- verbs ----
 
@@ -279,7 +298,7 @@ class SysrootClient:
         with self._locked():
             merge = self.merge_deployment()
             origin = self._origin(merge)
-            current = self.commit(merge.checksum)
+            current = self.commit(self.commit(merge.checksum).base_checksum)
             if origin.override_commit:
                 return Outcome(
                     False,
@@ -300,7 +319,7 @@ class SysrootClient:
             else:
                 with self.progress.step(f"Checking {origin.refspec} for updates"):
                     new = self._fetch_ref(origin.refspec, commit_only=True)
-            if new == current.base_checksum:
+            if new == current.checksum:
                 return Outcome(False, ("No upgrade available.",))
             target = self.commit(new)
             if self._is_older(target, current) and not options.allow_downgrade:
@@ -318,8 +337,9 @@ class SysrootClient:
                 self._fetch_commit(origin.refspec, new)
             if options.download_only:
                 return Outcome(True, (f"Downloaded {new} (version {target.version or '-'})",))
-            self._deploy(new, origin, merge)
-            return Outcome(True, self._deployed_lines(current.checksum, new), diff, new)
+            deployed = self._deploy(new, origin, merge)
+            diff = self._diff(merge.checksum, deployed)
+            return Outcome(True, self._deployed_lines(deployed), diff, deployed)
 
     def _is_older(self, new: CommitSummary, current: CommitSummary) -> bool:
         """Older by timestamp; with equal timestamps (SOURCE_DATE_EPOCH composes), an ancestor
@@ -479,7 +499,7 @@ class SysrootClient:
             )
             if new == list(source.kargs):
                 return Outcome(False, (" ".join(new),))
-            self._deploy(source.checksum, self._origin(source), source, kargs=new)
+            self._deploy(source.checksum, self._origin(source), source, kargs=new, relayer=False)
             return Outcome(True, ("Kernel arguments updated:", " ".join(new)))
 
     def finalize_deployment(self, checksum: str | None) -> Outcome:
@@ -489,6 +509,168 @@ class SysrootClient:
         if checksum is not None and staged[0].checksum != checksum:
             raise DeploymentError(f"the staged deployment is {staged[0].checksum}, not {checksum}")
         return Outcome(True, (f"Staged deployment {staged[0].id} is finalized at shutdown",))
+
+    # ---- layering and overrides ----
+
+    def _change_origin(
+        self, edit: Callable[[Origin, CommitSummary], Origin], *, allow_inactive: bool = False
+    ) -> Outcome:
+        """Apply `edit` to the origin and deploy the base rebuilt with the new requests."""
+        with self._locked():
+            merge = self.merge_deployment()
+            origin = self._origin(merge)
+            base = self.commit(self.commit(merge.checksum).base_checksum)
+            new_origin = edit(origin, base)
+            if new_origin == origin:
+                return Outcome(False, ("No change.",))
+            deployed = self._deploy(base.checksum, new_origin, merge, allow_inactive=allow_inactive)
+            diff = self._diff(merge.checksum, deployed)
+            return Outcome(True, self._deployed_lines(deployed), diff, deployed)
+
+    def install(
+        self, items: Sequence[str], *, idempotent: bool = False, allow_inactive: bool = False
+    ) -> Outcome:
+        """Layer packages from the repositories (names) or local .deb files (paths)."""
+        names = [i for i in items if not _is_deb_path(i)]
+        debs = [Path(i) for i in items if _is_deb_path(i)]
+
+        def edit(origin: Origin, base: CommitSummary) -> Origin:
+            requested = _add_requests(origin.requested_packages, names, idempotent=idempotent)
+            local = _add_requests(
+                origin.requested_local_packages,
+                [self._keep_local(d) for d in debs],
+                idempotent=idempotent,
+            )
+            return replace(origin, requested_packages=requested, requested_local_packages=local)
+
+        return self._change_origin(edit, allow_inactive=allow_inactive)
+
+    def uninstall(self, items: Sequence[str], *, idempotent: bool = False) -> Outcome:
+        def edit(origin: Origin, base: CommitSummary) -> Origin:
+            requested = list(origin.requested_packages)
+            local = list(origin.requested_local_packages)
+            for item in items:
+                name = item.split("=", 1)[0]
+                matches = [f for f in local if f.split("_", 1)[0] == name]
+                if name in requested:
+                    requested.remove(name)
+                elif matches:
+                    local.remove(matches[0])
+                elif not idempotent:
+                    raise LayeringError(f"{name} is not a layered package")
+            return replace(
+                origin, requested_packages=tuple(requested), requested_local_packages=tuple(local)
+            )
+
+        return self._change_origin(edit)
+
+    def override_remove(self, names: Sequence[str]) -> Outcome:
+        def edit(origin: Origin, base: CommitSummary) -> Origin:
+            in_base = {p[0] for p in base.packages}
+            missing = [n for n in names if n not in in_base]
+            if missing:
+                raise LayeringError(f"not in the base image: {', '.join(missing)}")
+            return replace(
+                origin,
+                override_remove=_add_requests(origin.override_remove, names, idempotent=False),
+            )
+
+        return self._change_origin(edit)
+
+    def override_replace(self, items: Sequence[str]) -> Outcome:
+        """Replace base packages by NAME=VERSION from the repositories or by local .debs."""
+
+        def edit(origin: Origin, base: CommitSummary) -> Origin:
+            in_base = {p[0] for p in base.packages}
+            pinned = [i for i in items if not _is_deb_path(i)]
+            for item in pinned:
+                name, sep, version = item.partition("=")
+                if not sep or not version:
+                    raise UsageError(f"override replace {item}: expected NAME=VERSION or a .deb")
+                if name not in in_base:
+                    raise LayeringError(f"{name} is not in the base image")
+            local = [self._keep_local(Path(i)) for i in items if _is_deb_path(i)]
+            return replace(
+                origin,
+                override_replace=_add_requests(origin.override_replace, pinned, idempotent=False),
+                override_replace_local=_add_requests(
+                    origin.override_replace_local, local, idempotent=False
+                ),
+            )
+
+        return self._change_origin(edit)
+
+    def override_reset(self, names: Sequence[str], *, all_: bool = False) -> Outcome:
+        def edit(origin: Origin, base: CommitSummary) -> Origin:
+            if all_:
+                return replace(
+                    origin, override_remove=(), override_replace=(), override_replace_local=()
+                )
+            known = set(origin.override_remove)
+            known |= {r.split("=", 1)[0] for r in origin.override_replace}
+            known |= {f.split("_", 1)[0] for f in origin.override_replace_local}
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise LayeringError(f"no override for: {', '.join(unknown)}")
+            return replace(
+                origin,
+                override_remove=tuple(n for n in origin.override_remove if n not in names),
+                override_replace=tuple(
+                    r for r in origin.override_replace if r.split("=", 1)[0] not in names
+                ),
+                override_replace_local=tuple(
+                    f for f in origin.override_replace_local if f.split("_", 1)[0] not in names
+                ),
+            )
+
+        return self._change_origin(edit)
+
+    def reset(self, *, overlays: bool = True, overrides: bool = True) -> Outcome:
+        def edit(origin: Origin, base: CommitSummary) -> Origin:
+            if overlays:
+                origin = replace(origin, requested_packages=(), requested_local_packages=())
+            if overrides:
+                origin = replace(
+                    origin, override_remove=(), override_replace=(), override_replace_local=()
+                )
+            return origin
+
+        return self._change_origin(edit)
+
+    def search(self, patterns: Sequence[str]) -> list[tuple[str, str, str]]:
+        merge = self.merge_deployment()
+        base = self.commit(merge.checksum).base_checksum
+        return layering_search(
+            self.sysroot, self.osname(), base, patterns, etc=merge.path / "etc",
+            progress=self.progress,
+        )  # fmt: skip
+
+    def refresh_md(self) -> Outcome:
+        merge = self.merge_deployment()
+        base = self.commit(merge.checksum).base_checksum
+        layering_refresh(
+            self.sysroot, self.osname(), base, etc=merge.path / "etc", progress=self.progress
+        )
+        return Outcome(True, ("Package lists updated.",))
+
+    def _keep_local(self, deb: Path) -> str:
+        """Copy a local .deb into the machine's cache (upgrades apply it again); its name."""
+        if not deb.is_file():
+            raise LayeringError(f"{deb}: no such file")
+        try:
+            fields = run(["dpkg-deb", "--field", str(deb), "Package", "Version", "Architecture"])
+        except CommandError as e:
+            raise LayeringError(f"{deb} is not a valid .deb: {e}") from e
+        info = dict(line.split(": ", 1) for line in fields.stdout.splitlines() if ": " in line)
+        try:
+            version = info["Version"].replace(":", "%3a")
+            name = f"{info['Package']}_{version}_{info['Architecture']}.deb"
+        except KeyError as e:
+            raise LayeringError(f"{deb} is not a valid .deb: no {e.args[0]} field") from e
+        local = local_dir(self.sysroot.path, self.osname())
+        local.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(deb, local / name)
+        return name
 
     # ---- db ----
 
@@ -531,6 +713,23 @@ class SysrootClient:
     def db_list(self, spec: str | None) -> tuple[str, list[tuple[str, str, str]]]:
         checksum = self.resolve_commit(spec or "booted")
         return checksum, list(self.commit(checksum).packages)
+
+
+def _is_deb_path(item: str) -> bool:
+    return item.endswith(".deb") and ("/" in item or Path(item).is_file())
+
+
+def _add_requests(
+    current: tuple[str, ...], new: Sequence[str], *, idempotent: bool
+) -> tuple[str, ...]:
+    out = list(current)
+    for item in new:
+        if item in out:
+            if not idempotent:
+                raise LayeringError(f"{item} is already requested")
+            continue
+        out.append(item)
+    return tuple(out)
 
 
 def edit_kargs(
@@ -629,6 +828,12 @@ def remove_tree(path: Path) -> None:
         with contextlib.suppress(CommandError):
             run(["chattr", "-i", *map(str, deploys)])
     shutil.rmtree(path, ignore_errors=True)
+
+
+def reboot_into_staged() -> None:
+    """`-r`: reboot into the staged deployment (only on a machine booted from OSTree)."""
+    if BOOTED_MARKER.exists():
+        run(["systemctl", "reboot"])
 
 
 def unchanged(outcome: Outcome, exit_77: bool) -> Outcome:

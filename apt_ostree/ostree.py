@@ -441,6 +441,37 @@ def has_commit(repo: Any, checksum: str) -> bool:
     return bool(found)
 
 
+def read_file(repo: Any, checksum: str, path: str) -> bytes | None:
+    """The content of one file of a commit (None when absent), read without a checkout."""
+    try:
+        _, root, _ = repo.read_commit(checksum, None)
+        f = root.resolve_relative_path(path.lstrip("/"))
+        if not f.query_exists(None):
+            return None
+        f.ensure_resolved()
+        _, stream, _, _ = repo.load_file(f.get_checksum(), None)
+        chunks: list[bytes] = []
+        while stream is not None:
+            chunk = stream.read_bytes(1 << 20, None).get_data()
+            if not chunk:
+                break
+            chunks.append(bytes(chunk))
+    except GLib.Error as e:
+        raise _fail(f"cannot read {path} of {checksum}", e) from e
+    return b"".join(chunks)
+
+
+def checkout_subpath(repo: Any, checksum: str, subpath: str, dest: Path) -> None:
+    """Check out one folder of a commit into `dest` (made here; plain copies, user mode)."""
+    options = OSTree.RepoCheckoutAtOptions()
+    options.mode = OSTree.RepoCheckoutMode.USER
+    options.subpath = subpath
+    try:
+        repo.checkout_at(options, -100, str(dest), checksum, None)  # -100: AT_FDCWD
+    except GLib.Error as e:
+        raise _fail(f"cannot check out {subpath} of {checksum}", e) from e
+
+
 def gpg_sign_commit(repo: Any, checksum: str, key_id: str, homedir: Path | None) -> None:
     """Attach a GPG signature (a detached-metadata entry) to a commit."""
     try:

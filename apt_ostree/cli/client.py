@@ -10,6 +10,7 @@ from typing import Any
 
 from apt_ostree.deployments import (
     DeploymentStatus,
+    reboot_into_staged,
     Outcome,
     SysrootClient,
     UpgradeOptions,
@@ -46,6 +47,8 @@ def _print(outcome: Outcome, args: argparse.Namespace) -> int:
     if outcome.diff is not None:
         for line in render_diff(outcome.diff):
             print(line)
+    if getattr(args, "reboot", False) and outcome.changed:
+        reboot_into_staged()
     return 0
 
 
@@ -60,6 +63,15 @@ def register(verbs: Any) -> None:
     verify.add_argument("--no-gpg-verify", action="store_true", help="no signature checks")
     p.add_argument("--karg", action="append", default=[], help="a kernel argument")
     p.set_defaults(func=cmd_init)
+
+    p = verbs.add_parser("search", help="search the machine's apt sources for packages")
+    _target(p)
+    p.add_argument("patterns", nargs="+", metavar="PATTERN")
+    p.set_defaults(func=cmd_search)
+
+    p = verbs.add_parser("refresh-md", help="update the package lists of the apt sources")
+    _target(p)
+    p.set_defaults(func=lambda a: _print(_client(a).refresh_md(), a))
 
     p = verbs.add_parser("status", help="show the deployments")
     _target(p)
@@ -113,6 +125,45 @@ def register(verbs: Any) -> None:
     p.set_defaults(func=lambda a: _print(_client(a).finalize_deployment(a.checksum), a))
 
     register_db(verbs)
+    register_layering(verbs)
+
+
+def register_layering(verbs: Any) -> None:
+    for verb, helptext, func in (
+        ("install", "layer packages (names, or local .deb files)", cmd_install),
+        ("uninstall", "remove layered packages", cmd_uninstall),
+    ):
+        p = verbs.add_parser(verb, help=helptext)
+        _mutating(p)
+        p.add_argument("packages", nargs="+", metavar="PKG")
+        p.add_argument("--idempotent", action="store_true", help="no error when already so")
+        if verb == "install":
+            p.add_argument(
+                "--allow-inactive", action="store_true", help="allow packages the base has"
+            )
+        p.add_argument("-r", "--reboot", action="store_true", help="reboot when staged")
+        p.set_defaults(func=func)
+    override = verbs.add_parser("override", help="remove or replace base packages")
+    sub = override.add_subparsers(dest="override_verb", metavar="VERB", parser_class=type(override))
+    sub.required = True
+    p = sub.add_parser("remove", help="remove base packages")
+    _mutating(p)
+    p.add_argument("packages", nargs="+", metavar="PKG")
+    p.set_defaults(func=lambda a: _print(_client(a).override_remove(a.packages), a))
+    p = sub.add_parser("replace", help="replace base packages (./pkg.deb or PKG=VERSION)")
+    _mutating(p)
+    p.add_argument("packages", nargs="+", metavar="PKG")
+    p.set_defaults(func=lambda a: _print(_client(a).override_replace(a.packages), a))
+    p = sub.add_parser("reset", help="drop overrides")
+    _mutating(p)
+    p.add_argument("packages", nargs="*", metavar="PKG")
+    p.add_argument("--all", action="store_true", dest="all_")
+    p.set_defaults(func=cmd_override_reset)
+    p = verbs.add_parser("reset", help="drop all layered packages and overrides")
+    _mutating(p)
+    p.add_argument("--overlays", action="store_true", help="only layered packages")
+    p.add_argument("--overrides", action="store_true", help="only overrides")
+    p.set_defaults(func=cmd_reset)
 
 
 def register_db(verbs: Any) -> None:
@@ -298,4 +349,37 @@ def cmd_db_version(args: argparse.Namespace) -> int:
     dpkg = next((v for n, v, _ in packages if n == "dpkg"), "-")
     print(f"ostree commit: {checksum}")
     print(f"  dpkg database: dpkg {dpkg}, {len(packages)} packages")
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    client = _client(args)
+    outcome = client.install(
+        args.packages, idempotent=args.idempotent, allow_inactive=args.allow_inactive
+    )
+    return _print(outcome, args)
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    return _print(_client(args).uninstall(args.packages, idempotent=args.idempotent), args)
+
+
+def cmd_override_reset(args: argparse.Namespace) -> int:
+    if not args.packages and not args.all_:
+        raise UsageError("override reset: name packages or give --all")
+    return _print(_client(args).override_reset(args.packages, all_=args.all_), args)
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    both = not (args.overlays or args.overrides)
+    outcome = _client(args).reset(overlays=args.overlays or both, overrides=args.overrides or both)
+    return _print(outcome, args)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    found = _client(args).search(args.patterns)
+    if not found:
+        print("No matches.")
+    for name, version, summary in found:
+        print(f"{name} {version}: {summary}")
     return 0

@@ -1,0 +1,160 @@
+"""Build the commit a deployment runs: the base, plus what the origin asks for.
+
+Every change (install, override, upgrade, rebase) rebuilds from the pristine base commit, so
+the result never depends on history: resolve the origin's requests against the new base's
+dpkg status and the machine's own apt sources (`resolve.plan_layer`), then apply the plan on
+an overlay above a hardlinked checkout of the base and commit only the difference
+(`assemble.assemble`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from apt_ostree import keys, ostree
+from apt_ostree.errors import AptOstreeError
+from apt_ostree.layering import LayerPlan, LayerRequest
+from apt_ostree.origin import Origin
+from apt_ostree.progress import Progress
+
+STATUS = "usr/lib/sysimage/dpkg/status"
+ARCH = "usr/lib/sysimage/dpkg/arch"
+
+
+class LayeringError(AptOstreeError):
+    """A layered change could not be made (nothing was deployed)."""
+
+    dbus_name = "LayeringFailed"
+
+
+def cache_dir(sysroot: Path, osname: str) -> Path:
+    """The machine's /var/cache/apt-ostree (the stateroot's /var, in a folder or at /)."""
+    return sysroot / "ostree" / "deploy" / osname / "var" / "cache" / "apt-ostree"
+
+
+def local_dir(sysroot: Path, osname: str) -> Path:
+    """Where requested local .debs are kept, so upgrades can apply them again."""
+    return cache_dir(sysroot, osname) / "local"
+
+
+def request_of(origin: Origin, local: Path, *, recommends: bool) -> LayerRequest:
+    return LayerRequest(
+        packages=origin.requested_packages,
+        local_debs=tuple(local / name for name in origin.requested_local_packages),
+        remove=origin.override_remove,
+        replace=origin.override_replace,
+        replace_local=tuple(local / name for name in origin.override_replace_local),
+        recommends=recommends,
+    )
+
+
+@contextmanager
+def resolution_root(repo: Any, base: str, etc: Path | None) -> Iterator[Path]:
+    """A small tree for the resolver: the machine's /etc (its apt sources and keys) and the
+    base's dpkg status and architecture, read from the repository with no checkout."""
+    with tempfile.TemporaryDirectory(prefix="apt-ostree-resolve-") as tmp:
+        root = Path(tmp)
+        (root / STATUS).parent.mkdir(parents=True)
+        for rel in (STATUS, ARCH):
+            data = ostree.read_file(repo, base, "/" + rel)
+            if data is not None:
+                (root / rel).write_bytes(data)
+        if etc is not None and etc.is_dir():
+            (root / "etc").symlink_to(etc.resolve())
+        else:
+            apt = root / "usr/etc/apt"
+            apt.parent.mkdir(parents=True)
+            ostree.checkout_subpath(repo, base, "/usr/etc/apt", apt)
+        yield root
+
+
+def layer_metadata(base: str, version: str | None, origin: Origin) -> dict[str, Any]:
+    return {
+        **({keys.VERSION: version} if version else {}),
+        keys.CLIENTLAYER: True,
+        keys.BASE_CHECKSUM: base,
+        keys.REQUESTED_PACKAGES: list(origin.requested_packages),
+        keys.REQUESTED_LOCAL_PACKAGES: list(origin.requested_local_packages),
+        keys.OVERRIDE_REMOVE: list(origin.override_remove),
+        keys.OVERRIDE_REPLACE: list(origin.override_replace + origin.override_replace_local),
+    }
+
+
+def build(
+    sysroot: ostree.Sysroot,
+    osname: str,
+    base: str,
+    origin: Origin,
+    *,
+    etc: Path | None,
+    progress: Progress,
+    allow_inactive: bool = True,
+    recommends: bool = False,
+    refresh: bool = True,
+) -> tuple[str, LayerPlan]:
+    """The commit to deploy for `origin` on `base`: `base` itself when nothing is layered."""
+    from apt_ostree.layering.assemble import assemble
+    from apt_ostree.layering.resolve import plan_layer
+
+    request = request_of(origin, local_dir(sysroot.path, osname), recommends=recommends)
+    if request.is_empty():
+        return base, LayerPlan()
+    repo = sysroot.repo
+    cache = cache_dir(sysroot.path, osname)
+    with progress.step("Resolving layered packages"), resolution_root(repo, base, etc) as root:
+        plan = plan_layer(
+            root,
+            request,
+            cachedir=cache,
+            progress=progress,
+            allow_inactive=allow_inactive,
+            refresh=refresh,
+        )
+    if plan.is_empty():
+        return base, plan
+    workdir = Path(
+        tempfile.mkdtemp(prefix="apt-ostree-layer-", dir=sysroot.path / "ostree/repo/tmp")
+    )
+    try:
+        checksum = assemble(
+            repo,
+            base,
+            plan,
+            workdir=workdir,
+            metadata=layer_metadata(base, ostree.read_commit(repo, base).version, origin),
+            progress=progress,
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return checksum, plan
+
+
+def search(
+    sysroot: ostree.Sysroot,
+    osname: str,
+    base: str,
+    patterns: Sequence[str],
+    *,
+    etc: Path | None,
+    progress: Progress,
+) -> list[tuple[str, str, str]]:
+    from apt_ostree.layering.resolve import search as resolve_search
+
+    with resolution_root(sysroot.repo, base, etc) as root:
+        return resolve_search(
+            root, patterns, cachedir=cache_dir(sysroot.path, osname), progress=progress
+        )
+
+
+def refresh(
+    sysroot: ostree.Sysroot, osname: str, base: str, *, etc: Path | None, progress: Progress
+) -> None:
+    from apt_ostree.layering.resolve import refresh as resolve_refresh
+
+    with resolution_root(sysroot.repo, base, etc) as root:
+        resolve_refresh(root, cachedir=cache_dir(sysroot.path, osname), progress=progress)

@@ -10,12 +10,12 @@ from typing import Any
 
 from apt_ostree.deployments import (
     DeploymentStatus,
-    reboot_into_staged,
     Outcome,
     SysrootClient,
     UpgradeOptions,
     default_sysroot,
     init_sysroot,
+    reboot_into_staged,
     timestamp_text,
     unchanged,
 )

@@ -98,12 +98,13 @@ def build(
     refresh: bool = True,
 ) -> tuple[str, LayerPlan]:
     """The commit to deploy for `origin` on `base`: `base` itself when nothing is layered."""
-    from apt_ostree.layering.assemble import assemble
-    from apt_ostree.layering.resolve import plan_layer
-
     request = request_of(origin, local_dir(sysroot.path, osname), recommends=recommends)
     if request.is_empty():
         return base, LayerPlan()
+    # imported here: a machine with nothing layered never loads apt or the assembler
+    from apt_ostree.layering.assemble import assemble
+    from apt_ostree.layering.resolve import plan_layer
+
     repo = sysroot.repo
     cache = cache_dir(sysroot.path, osname)
     with progress.step("Resolving layered packages"), resolution_root(repo, base, etc) as root:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from apt_ostree.run import run
-from tests.support.images import Images, compose_images, remove_sysroot
+from tests.support.httpd import Server, serve_directory
+from tests.support.images import Images, compose_images, copy_repo, remove_sysroot
+from tests.support.sysroots import Machine, Served, init
 
 
 @pytest.fixture(scope="session")
@@ -27,4 +30,35 @@ def sysroot(tmp_path: Path) -> Iterator[Path]:
     run(["ostree", "admin", "init-fs", str(path)])
     run(["ostree", "admin", "os-init", f"--sysroot={path}", "test"])
     yield path
+    remove_sysroot(path)
+
+
+@pytest.fixture
+def served(images: Images, tmp_path: Path, http_server: Callable[[Path], Server]) -> Served:
+    repo = copy_repo(images.repo, tmp_path / "served")
+    return Served(repo, http_server(repo), images)
+
+
+@pytest.fixture(scope="session")
+def template(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    """A sysroot with test/os 1.0 deployed, made once (a full pull is ~30 s), copied per test."""
+    work = tmp_path_factory.mktemp("template")
+    repo = copy_repo(images.repo, work / "served")
+    with serve_directory(repo) as server:
+        served = Served(repo, server, images)
+        served.set_ref("1.0")
+        m = init(work / "sysroot", served)
+    yield m
+    remove_sysroot(m.path)
+
+
+@pytest.fixture
+def machine(template: Machine, served: Served, tmp_path: Path) -> Iterator[Machine]:
+    """A copy of the template sysroot whose remote is `served`, where test/os is at 1.1."""
+    path = tmp_path / "sysroot"
+    subprocess.run(["cp", "-a", str(template.path), str(path)], check=True)
+    config = path / "ostree/repo/config"
+    config.write_text(config.read_text().replace(template.served.url, served.url))
+    served.set_ref("1.1")
+    yield Machine(path, served)
     remove_sysroot(path)

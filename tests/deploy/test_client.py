@@ -11,150 +11,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support.httpd import Server, serve_directory
-from tests.support.images import Images, copy_repo, remove_sysroot
+from tests.support.images import remove_sysroot
+from tests.support.sysroots import APT_OSTREE, Machine, Served, cli, init, ok, ostree
 
 pytestmark = [pytest.mark.slow]
-
-APT_OSTREE = [sys.executable, "-m", "apt_ostree.cli.main"]
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def error_line(self) -> str:
-        lines = [line for line in self.stderr.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1, self.stderr
-        return lines[0]
-
-
-def cli(*args: str | Path) -> Result:
-    proc = subprocess.run(
-        [*APT_OSTREE, *map(str, args)], capture_output=True, text=True, check=False
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-def ok(*args: str | Path) -> Result:
-    result = cli(*args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def ostree(*args: str | Path) -> str:
-    return subprocess.run(
-        ["ostree", *map(str, args)], capture_output=True, text=True, check=True
-    ).stdout
-
-
-@dataclass
-class Served:
-    """A copy of the images' repository, served over loopback HTTP."""
-
-    repo: Path
-    server: Server
-    images: Images
-
-    @property
-    def url(self) -> str:
-        return self.server.url + "/"
-
-    def set_ref(self, version: str, ref: str = "test/os") -> None:
-        """Point `ref` at a version (forward or back) and update the summary, as a vendor would."""
-        (self.repo / "refs" / "heads" / ref).write_text(self.images.checksum(version) + "\n")
-        ostree("summary", "-u", f"--repo={self.repo}")
-
-
-@dataclass
-class Machine:
-    """A folder sysroot following test/os on `served`."""
-
-    path: Path
-    served: Served
-
-    def args(self) -> list[str]:
-        return ["--sysroot", str(self.path)]
-
-    def status(self) -> list[dict[str, object]]:
-        doc = json.loads(ok("status", *self.args(), "--json").stdout)
-        deployments: list[dict[str, object]] = doc["deployments"]
-        return deployments
-
-    def versions(self) -> list[object]:
-        return [d["version"] for d in self.status()]
-
-    def snapshot(self) -> tuple[str, str, list[str]]:
-        """What a failed verb must leave alone: libostree's view, and the deployment dirs."""
-        admin = ostree("admin", "status", f"--sysroot={self.path}")
-        refs = ostree("refs", f"--repo={self.path}/ostree/repo")
-        dirs = sorted(p.name for p in self.path.glob("ostree/deploy/test/deploy/*"))
-        return admin, refs, dirs
-
-    def fsck(self) -> None:
-        ostree("fsck", f"--repo={self.path}/ostree/repo")
-
-
-@pytest.fixture
-def served(images: Images, tmp_path: Path, http_server: Callable[[Path], Server]) -> Served:
-    repo = copy_repo(images.repo, tmp_path / "served")
-    return Served(repo, http_server(repo), images)
-
-
-def init(path: Path, served: Served, *extra: str, ref: str = "test/os") -> Machine:
-    ok(
-        "init",
-        "--sysroot",
-        path,
-        "--os",
-        "test",
-        "--remote",
-        f"origin={served.url}",
-        "--gpg-import",
-        served.images.gpg_key.keyring,
-        "--karg",
-        "console=ttyS0",
-        *extra,
-        ref,
-    )
-    return Machine(path, served)
-
-
-@pytest.fixture(scope="module")
-def template(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
-    """A sysroot with test/os 1.0 deployed, made once (a full pull is ~30 s), copied per test."""
-    work = tmp_path_factory.mktemp("template")
-    repo = copy_repo(images.repo, work / "served")
-    with serve_directory(repo) as server:
-        served = Served(repo, server, images)
-        served.set_ref("1.0")
-        m = init(work / "sysroot", served)
-    yield m
-    remove_sysroot(m.path)
-
-
-@pytest.fixture
-def machine(template: Machine, served: Served, tmp_path: Path) -> Iterator[Machine]:
-    """A copy of the template sysroot whose remote is `served`, where test/os is at 1.1."""
-    path = tmp_path / "sysroot"
-    subprocess.run(["cp", "-a", str(template.path), str(path)], check=True)
-    config = path / "ostree/repo/config"
-    config.write_text(config.read_text().replace(template.served.url, served.url))
-    served.set_ref("1.1")
-    yield Machine(path, served)
-    remove_sysroot(path)
-
 
 # ---------------------------------------------------------------------------------------------
 # init and status

@@ -199,7 +199,6 @@ class Sysroot:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(str(path)))
-        self._gi: dict[int, Any] = {}
         self.load()
 
     def load(self) -> None:
@@ -268,9 +267,7 @@ class Sysroot:
 
     def deployments(self) -> list[Deployment]:
         booted = self._sysroot.get_booted_deployment()
-        found = self._sysroot.get_deployments()
-        self._gi = {i: d for i, d in enumerate(found)}
-        return [self._info(d, booted) for d in found]
+        return [self._info(d, booted) for d in self._sysroot.get_deployments()]
 
     def _find(self, deployment: Deployment) -> Any:
         for d in self._sysroot.get_deployments():
@@ -573,3 +570,99 @@ def set_ref(repo: Any, ref: str, checksum: str | None) -> None:
         repo.set_ref_immediate(None, ref, checksum, None)
     except GLib.Error as e:
         raise _fail(f"cannot set {ref} to {checksum or '(none)'}", e) from e
+
+
+# ---- disk images ----
+
+
+def pull_local(repo: Any, source: Path, ref: str, *, remote: str | None) -> str:
+    """Copy `ref` of the repository at `source` into `repo`; return its checksum.
+
+    With `remote`, the ref is written as `remote:ref` (libostree's `override-remote-name`, as
+    `ostree pull-local --remote`), so a sysroot made from a local build upgrades from that remote.
+    """
+    options: dict[str, GLib.Variant] = {
+        "refs": GLib.Variant("as", [ref]),
+        "flags": GLib.Variant("i", int(OSTree.RepoPullFlags.NONE)),
+    }
+    if remote is not None:
+        options["override-remote-name"] = GLib.Variant("s", remote)
+    try:
+        repo.pull_with_options(
+            f"file://{source.absolute()}", GLib.Variant("a{sv}", options), None, None
+        )
+    except GLib.Error as e:
+        raise _fail(f"cannot copy {ref} from {source}", e) from e
+    checksum = resolve_ref(repo, f"{remote}:{ref}" if remote else ref)
+    if checksum is None:
+        raise RepoError(f"{ref} was not copied from {source}")
+    return checksum
+
+
+# ---- layering: checkout and commit on a base ----
+
+AT_FDCWD = -100
+
+
+def checkout_hardlinked(repo: Any, checksum: str, dest: Path) -> None:
+    """Check out `checksum` at `dest` (which must not exist) sharing the repository's objects.
+
+    A bare repository's objects are hard-linked as they are (mode NONE keeps owners and
+    xattrs); a bare-user one's in USER mode. Either way no file is copied
+    (`no_copy_fallback`: a repository on another filesystem is an error, not a silent copy),
+    so the files of `dest` ARE the repository's objects: never write into them. An archive
+    repository has no files to link and is checked out by copying.
+    """
+    mode = repo.get_mode()
+    options = OSTree.RepoCheckoutAtOptions()
+    bare = mode == OSTree.RepoMode.BARE
+    options.mode = OSTree.RepoCheckoutMode.NONE if bare else OSTree.RepoCheckoutMode.USER
+    options.no_copy_fallback = mode != OSTree.RepoMode.ARCHIVE
+    try:
+        repo.checkout_at(options, AT_FDCWD, str(dest), checksum, None)
+    except GLib.Error as e:
+        raise _fail(f"cannot check out {checksum} at {dest}", e) from e
+
+
+def _mtree_parent(mtree: Any, rel: str) -> tuple[Any, str]:
+    # lookup(), not walk(): PyGObject hands walk() a path array it misreads (walk(["usr",
+    # "share"]) gives /usr), and lookup() loads a lazily read folder before it is changed.
+    *parents, name = rel.split("/")
+    for part in parents:
+        _, _, mtree = mtree.lookup(part)
+    return mtree, name
+
+
+def commit_on_base(
+    repo: Any,
+    base: str,
+    upper: Path,
+    *,
+    remove: Sequence[str],
+    subject: str,
+    metadata: Mapping[str, Any],
+    timestamp: int,
+    parent: str | None = None,
+) -> str:
+    """Commit the tree of `base` less the paths `remove` (relative, no leading /), with the
+    folder `upper` written on top; no ref moves. Return the new checksum.
+
+    The base's tree is never read from disk: its root is loaded into a MutableTree by
+    checksum, so the cost is that of `upper` and `remove`, whatever the size of the base.
+    """
+    modifier = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.NONE, None, None)
+    with transaction(repo):
+        try:
+            mtree = OSTree.MutableTree.new_from_commit(repo, base)
+            for rel in remove:
+                subdir, name = _mtree_parent(mtree, rel)
+                subdir.remove(name, True)
+            repo.write_directory_to_mtree(Gio.File.new_for_path(str(upper)), mtree, modifier, None)
+            _, root = repo.write_mtree(mtree, None)
+            _, checksum = repo.write_commit_with_time(
+                parent, subject, None, metadata_variant(metadata), root, timestamp, None
+            )
+        except GLib.Error as e:
+            raise _fail(f"cannot commit the layer on {base}", e) from e
+    return str(checksum)
+

@@ -60,3 +60,9 @@ class PostprocessError(AptOstreeError):
     """A tree could not be turned into the committed layout (a step or a user script failed)."""
 
     dbus_name = "PostprocessFailed"
+
+
+class LayeringError(AptOstreeError):
+    """Client-side layering failed: a maintainer script, dpkg, or a refused layer content."""
+
+    dbus_name = "LayeringFailed"

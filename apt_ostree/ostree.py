@@ -665,4 +665,3 @@ def commit_on_base(
         except GLib.Error as e:
             raise _fail(f"cannot commit the layer on {base}", e) from e
     return str(checksum)
-

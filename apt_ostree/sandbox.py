@@ -70,6 +70,16 @@ def namespace_args(*, network: bool = False) -> list[str]:
     return args if network else [*args, "--unshare-net"]
 
 
+def capability_args(keep: Sequence[str] | None) -> list[str]:
+    """bwrap run by root keeps every capability; `keep` (names like CAP_CHOWN) narrows that."""
+    if keep is None:
+        return []
+    args = ["--cap-drop", "ALL"]
+    for cap in keep:
+        args += ["--cap-add", cap]
+    return args
+
+
 def bind_args(binds: Sequence[Bind]) -> list[str]:
     args: list[str] = []
     for b in binds:
@@ -86,6 +96,7 @@ def bwrap_argv(
     network: bool = False,
     readonly: bool = False,
     cwd: str = "/",
+    capabilities: Sequence[str] | None = None,
 ) -> list[str]:
     """The full bwrap command line that runs `command` inside `tree`.
 
@@ -97,6 +108,7 @@ def bwrap_argv(
         *api_fs_args(),
         *bind_args(binds),
         *namespace_args(network=network),
+        *capability_args(capabilities),
         *env_args(sandbox_env(env)),
         "--chdir",
         cwd,

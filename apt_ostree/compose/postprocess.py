@@ -392,9 +392,30 @@ def enable_units(rootfs: Path, units: Sequence[str], default_target: str | None)
 
 
 def drop_machine_state(rootfs: Path, *, machineid_compat: bool) -> None:
+    drop_machine_files(rootfs)
+    drop_var_state(rootfs)
+    machine_id = rootfs / "etc/machine-id"
+    _remove(machine_id)
+    if machineid_compat:
+        machine_id.write_bytes(b"")
+        machine_id.chmod(0o444)
+    resolv = rootfs / "etc/resolv.conf"
+    if not resolv.is_symlink() and not resolv.exists() and (rootfs / RESOLVED).exists():
+        resolv.symlink_to(RESOLVED_STUB)
+    add_ssh_keygen(rootfs)
+
+
+def drop_machine_files(rootfs: Path, *, etc: str = "etc") -> None:
+    """Remove MACHINE_FILES; `etc` is where the tree's /etc is (usr/etc in a converted tree)."""
     for pattern in MACHINE_FILES:
+        if pattern.startswith("etc/"):
+            pattern = etc + pattern[3:]
         for match in glob.glob(os.path.join(glob.escape(str(rootfs)), pattern)):
             _remove(Path(match))
+
+
+def drop_var_state(rootfs: Path) -> None:
+    """Only the directories of DIRECTORIES_ONLY stay; EMPTIED are emptied."""
     for rel in DIRECTORIES_ONLY:
         top = rootfs / rel
         if top.is_dir() and not top.is_symlink():
@@ -404,18 +425,9 @@ def drop_machine_state(rootfs: Path, *, machineid_compat: bool) -> None:
     for rel in EMPTIED:
         if (rootfs / rel).is_dir():
             _empty(rootfs / rel)
-    machine_id = rootfs / "etc/machine-id"
-    _remove(machine_id)
-    if machineid_compat:
-        machine_id.write_bytes(b"")
-        machine_id.chmod(0o444)
-    resolv = rootfs / "etc/resolv.conf"
-    if not resolv.is_symlink() and not resolv.exists() and (rootfs / RESOLVED).exists():
-        resolv.symlink_to(RESOLVED_STUB)
-    _add_ssh_keygen(rootfs)
 
 
-def _add_ssh_keygen(rootfs: Path) -> None:
+def add_ssh_keygen(rootfs: Path) -> None:
     """Debian's ssh.service makes no host keys; this unit does, on the machine that boots."""
     if not (rootfs / "usr/sbin/sshd").exists() or not (rootfs / "usr/bin/ssh-keygen").exists():
         return
@@ -495,31 +507,38 @@ def move_opt(rootfs: Path) -> None:
     opt = rootfs / "opt"
     if opt.is_symlink() or not opt.is_dir():
         return
-    names = sorted(p.name for p in opt.iterdir())
-    if names:
-        _mkdirs(rootfs / USR_OPT)
-    for name in names:
-        _remove(rootfs / USR_OPT / name)
-        os.rename(opt / name, rootfs / USR_OPT / name)
+    names = move_opt_content(rootfs, opt)
     _move_into(rootfs, "opt", "var/opt")
     for name in names:
         link = rootfs / "var/opt" / name
         link.symlink_to(f"../../{USR_OPT}/{name}")
 
 
-def check_usr_local(rootfs: Path) -> None:
-    """Refuse files under /usr/local: it is the machine's own (/var/usrlocal) at runtime."""
-    local = rootfs / "usr/local"
+def move_opt_content(rootfs: Path, opt: Path) -> list[str]:
+    """Move what is in the folder `opt` (the tree's /opt) to /usr/lib/opt; the names moved."""
+    names = sorted(p.name for p in opt.iterdir())
+    if names:
+        _mkdirs(rootfs / USR_OPT)
+    for name in names:
+        _remove(rootfs / USR_OPT / name)
+        os.rename(opt / name, rootfs / USR_OPT / name)
+    return names
+
+
+def check_usr_local(rootfs: Path, local: Path | None = None) -> None:
+    """Refuse files under /usr/local: it is the machine's own (/var/usrlocal) at runtime.
+
+    `local` is the folder that holds the tree's /usr/local (by default rootfs/usr/local).
+    """
+    local = rootfs / "usr/local" if local is None else local
     if local.is_symlink() or not local.is_dir():
         return
     files = [p for p in _walk(local) if not p.is_dir() and not p.is_symlink()]
     if not files:
         return
-    owners = _package_owners(rootfs, ["/" + str(p.relative_to(rootfs)) for p in files])
-    shown = [
-        f"/{p.relative_to(rootfs)}{owners.get('/' + str(p.relative_to(rootfs)), '')}"
-        for p in files[:5]
-    ]
+    names = [f"/usr/local/{p.relative_to(local)}" for p in files]
+    owners = package_owners(rootfs, names)
+    shown = [f"{name}{owners.get(name, '')}" for name in names[:5]]
     more = f" and {len(files) - 5} more" if len(files) > 5 else ""
     raise PostprocessError(
         "an image cannot have files under /usr/local (the machine's own /var/usrlocal at "
@@ -527,7 +546,7 @@ def check_usr_local(rootfs: Path) -> None:
     )
 
 
-def _package_owners(rootfs: Path, paths: Sequence[str]) -> dict[str, str]:
+def package_owners(rootfs: Path, paths: Sequence[str]) -> dict[str, str]:
     """' (from package X)' for each path a dpkg file list names."""
     wanted = set(paths)
     owners: dict[str, str] = {}

@@ -8,8 +8,10 @@ scratch root before each operation: nothing here reads or writes the host's pack
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import logging
+import os
 import re
 import shutil
 import time
@@ -112,19 +114,14 @@ def _parse_deb822(path: Path) -> list[RepoEntry]:
     return entries
 
 
-def read_host_sources(suite: str) -> list[RepoEntry]:
-    """The host's apt sources for `suite` (and its -updates, -security, ... companions).
-
-    Sources for other suites (third-party repositories of the host) are left out: they
-    are not part of a Debian image, and may not be reachable from where it is composed.
-    """
+def read_sources(sources_list: Path, sources_parts: Path) -> list[RepoEntry]:
+    """The `deb` entries of a sources.list and a sources.list.d (*.list and *.sources)."""
     _init()
-    files: list[Path] = []
-    for p in HOST_SOURCES:
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix in (".list", ".sources"))
-        elif p.exists():
-            files.append(p)
+    files = [sources_list] if sources_list.is_file() else []
+    if sources_parts.is_dir():
+        files += sorted(
+            f for f in sources_parts.iterdir() if f.suffix in (".list", ".sources") and f.is_file()
+        )
     entries: list[RepoEntry] = []
     for f in files:
         if f.suffix == ".sources":
@@ -133,8 +130,17 @@ def read_host_sources(suite: str) -> list[RepoEntry]:
             for line in f.read_text().splitlines():
                 parsed = _parse_one_line(line.strip())
                 entries += [parsed] if parsed else []
+    return entries
+
+
+def read_host_sources(suite: str) -> list[RepoEntry]:
+    """The host's apt sources for `suite` (and its -updates, -security, ... companions).
+
+    Sources for other suites (third-party repositories of the host) are left out: they
+    are not part of a Debian image, and may not be reachable from where it is composed.
+    """
     out = []
-    for e in entries:
+    for e in read_sources(*HOST_SOURCES):
         suites = tuple(s for s in e.suites if _suite_matches(s, suite))
         if suites:
             out.append(RepoEntry(e.uris, suites, e.components, e.signed_by))
@@ -178,6 +184,76 @@ class Request:
     locked: Mapping[str, str] | None = None  # name -> exact version (a lockfile)
 
 
+LOCAL_ORIGIN = "apt-ostree-local"  # the Origin of the repository holding local .debs
+
+
+@dataclass(frozen=True)
+class LocalDeb:
+    """A .deb given as a file, with its control stanza (as `dpkg-deb --field` prints it)."""
+
+    path: Path
+    name: str
+    version: str
+    architecture: str
+    control: str = field(repr=False)
+    sha256: str = field(repr=False)
+    size: int = field(repr=False)
+
+    @classmethod
+    def read(cls, path: Path, control: str) -> LocalDeb:
+        _init()
+        control = control.strip("\n")
+        try:
+            section = apt_pkg.TagSection(control + "\n")
+        except (SystemError, ValueError) as e:
+            raise PackageError(f"{path}: unreadable control fields: {_one_line(str(e))}") from e
+        missing = [f for f in ("Package", "Version", "Architecture") if not section.get(f)]
+        if missing:
+            raise PackageError(f"{path}: not a binary package (no {', '.join(missing)} field)")
+        return cls(
+            path=path,
+            name=section["Package"],
+            version=section["Version"],
+            architecture=section["Architecture"],
+            control=control,
+            sha256=_file_digest(path),
+            size=path.stat().st_size,
+        )
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.name}_{self.version.replace(':', '%3a')}_{self.architecture}.deb"
+
+    @property
+    def stanza(self) -> str:
+        """Its Packages stanza in the local repository."""
+        return (
+            f"{self.control}\nFilename: ./{self.file_name}\nSize: {self.size}\n"
+            f"SHA256: {self.sha256}\n"
+        )
+
+
+@dataclass(frozen=True)
+class LayerMarks:
+    """What to change on a base tree, in apt's terms (names, versions, local .debs)."""
+
+    packages: tuple[str, ...] = ()  # to install: none may be in the base
+    local: tuple[LocalDeb, ...] = ()
+    remove: tuple[str, ...] = ()  # base packages
+    replace: tuple[str, ...] = ()  # NAME=VERSION of base packages, from the repositories
+    replace_local: tuple[LocalDeb, ...] = ()
+    recommends: bool = False
+    allow_inactive: bool = False  # requested names the base has are kept, not refused
+
+
+@dataclass(frozen=True)
+class LayerResolution:
+    install: tuple[ResolvedPackage, ...]  # from the repositories (to download), sorted
+    local: tuple[LocalDeb, ...]  # local .debs to install
+    remove: tuple[str, ...]
+    inactive: tuple[str, ...]  # requested names the base already has
+
+
 class _Acquire(AcquireProgress):
     """Feeds apt's download progress to a Progress and collects failures."""
 
@@ -211,15 +287,29 @@ class _Acquire(AcquireProgress):
 
 
 class AptRoot:
-    """An apt state folder for one set of sources: lists, caches and an empty dpkg status."""
+    """An apt state folder for one set of sources: lists, caches and a dpkg status.
+
+    The status is empty (compose), or a copy of a base tree's with every package on hold
+    (`status`, client layering): apt's auto-install never changes a held package, so only
+    explicit marks (override remove/replace) touch the base.
+    """
 
     def __init__(
-        self, root: Path, repos: Sequence[RepoEntry], *, archives: Path, architecture: str
+        self,
+        root: Path,
+        repos: Sequence[RepoEntry],
+        *,
+        archives: Path,
+        architecture: str,
+        status: Path | None = None,
+        trusted: Sequence[Path] = (),
     ) -> None:
         self.root = root
         self.repos = tuple(repos)
         self.archives = archives
         self.architecture = architecture
+        self.base_status = status
+        self.trusted = tuple(trusted)  # keyrings for trusted.gpg.d (sources without Signed-By)
         self.sources_text = render_sources(repos)
         self._cache: Any = None
         self._depcache: Any = None
@@ -244,12 +334,25 @@ class AptRoot:
         ):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         (self.archives / "partial").mkdir(parents=True, exist_ok=True)
-        status = self.root / "var/lib/dpkg/status"
-        if not status.exists():
-            status.touch()
+        self._write_status(self.root / "var/lib/dpkg/status")
+        _sync_dir(
+            self.root / "etc/apt/trusted.gpg.d",
+            {f"{_file_digest(k)[:16]}{k.suffix}": k for k in self.trusted},
+        )
         if not self.sources_file.exists() or self.sources_file.read_text() != self.sources_text:
             self.sources_file.write_text(self.sources_text)
         self._configure()
+
+    def _write_status(self, status: Path) -> None:
+        if self.base_status is None:
+            if not status.exists():
+                status.touch()
+            return
+        # hold: dpkg's selection state that apt's resolver never overrides by itself
+        text = _HELD.sub("Status: hold ok installed", self.base_status.read_text())
+        # rewritten only when it changed: apt's pkgcache.bin stays valid on its mtime
+        if not status.exists() or status.read_text() != text:
+            status.write_text(text)
 
     def _configure(self, *, recommends: bool = False) -> None:
         _init()
@@ -295,6 +398,43 @@ class AptRoot:
         self._prepare()
         sources = apt_pkg.SourceList()
         sources.read_main_list()
+        self._update(sources, progress)
+
+    def update_local(self, progress: Progress) -> None:
+        """Index the local packages' repository alone (no network; other lists are kept)."""
+        if not self.local_list.exists():
+            return
+        self._prepare()
+        c = apt_pkg.config
+        cleanup = c.find("APT::Get::List-Cleanup", "true")
+        empty = self.root / "etc/apt/sources.local.d"
+        empty.mkdir(exist_ok=True)
+        c.set("Dir::Etc::sourcelist", str(self.local_list))
+        c.set("Dir::Etc::sourceparts", str(empty))
+        # apt deletes the lists of sources it was not asked about unless told not to
+        c.set("APT::Get::List-Cleanup", "false")
+        try:
+            sources = apt_pkg.SourceList()
+            sources.read_main_list()
+            self._update(sources, progress)
+        finally:
+            c.set("APT::Get::List-Cleanup", cleanup)
+            self._configure()
+
+    def check_lists(self) -> None:
+        """PackageError unless every source has indices in the cache (to work offline)."""
+        self._prepare()
+        sources = apt_pkg.SourceList()
+        sources.read_main_list()
+        missing = [
+            f"{m.uri} {m.dist}" for m in sources.list if not any(i.exists for i in m.index_files)
+        ]
+        if missing:
+            raise PackageError(
+                "no package indices in the cache for " + ", ".join(missing) + ": refresh them first"
+            )
+
+    def _update(self, sources: Any, progress: Progress) -> None:
         acquire = _Acquire(progress)
         try:
             cache = apt_pkg.Cache(None)
@@ -357,7 +497,7 @@ class AptRoot:
         records = apt_pkg.PackageRecords(cache)
         out = []
         for pkg in cache.packages:
-            if not depcache.marked_install(pkg):
+            if not _installs(depcache, pkg):
                 continue
             ver = depcache.get_candidate_ver(pkg)
             records.lookup(ver.file_list[0])
@@ -427,6 +567,126 @@ class AptRoot:
                 dest.unlink()
                 raise PackageError(f"{p.name} {p.version}: {src} does not match its index hash")
 
+    # ---- client layering ----
+
+    @property
+    def local_dir(self) -> Path:
+        return self.root / "local"
+
+    @property
+    def local_list(self) -> Path:
+        return self.root / "etc/apt/sources.list.d/local-debs.list"
+
+    def set_local(self, debs: Sequence[LocalDeb]) -> None:
+        """Publish `debs` as a flat `file:` repository of this root (none: drop it).
+
+        apt then resolves them and their dependencies like any package. The repository is
+        `trusted=yes`: its files are the ones the caller handed over, checked by dpkg-deb.
+        """
+        self._prepare()
+        if not debs:
+            self.local_list.unlink(missing_ok=True)
+            shutil.rmtree(self.local_dir, ignore_errors=True)
+            return
+        self.local_dir.mkdir(exist_ok=True)
+        stanzas = {}
+        for deb in debs:
+            if deb.file_name in stanzas:
+                raise PackageError(f"two local packages are {deb.name} {deb.version}: {deb.path}")
+            _link_or_copy(deb.path, self.local_dir / deb.file_name, deb.sha256)
+            stanzas[deb.file_name] = deb.stanza
+        for old in self.local_dir.glob("*.deb"):
+            if old.name not in stanzas:
+                old.unlink()
+        _write_flat_index(self.local_dir, "\n".join(stanzas[n] for n in sorted(stanzas)))
+        self.local_list.write_text(f"deb [trusted=yes] {self.local_dir.as_uri()} ./\n")
+
+    def resolve_layer(self, marks: LayerMarks) -> LayerResolution:
+        """Mark `marks` on the base status; PackageError names every problem and base package."""
+        self._prepare()
+        self._write_excludes(())
+        cache, depcache = self._open(marks.recommends)
+        inactive = _LayerResolver(cache, depcache, marks).run()
+        local = {(d.name, d.version): d for d in (*marks.local, *marks.replace_local)}
+        marked = self._marked(cache, depcache)
+        return LayerResolution(
+            install=tuple(p for p in marked if (p.name, p.version) not in local),
+            local=tuple(local[k] for p in marked if (k := (p.name, p.version)) in local),
+            remove=tuple(sorted(set(marks.remove))),
+            inactive=tuple(inactive),
+        )
+
+    def search(self, patterns: Sequence[str]) -> list[tuple[str, str, str]]:
+        """(name, version, summary) of packages whose name or description matches all
+        `patterns` (case-insensitive regular expressions, as `apt search`)."""
+        try:
+            regexes = [re.compile(p, re.IGNORECASE) for p in patterns]
+        except re.error as e:
+            raise PackageError(f"bad search pattern: {e}") from e
+        cache, depcache = self._open(False)
+        records = apt_pkg.PackageRecords(cache)
+        out = []
+        for pkg in cache.packages:
+            ver = depcache.get_candidate_ver(pkg) if pkg.has_versions else None
+            if ver is None:
+                continue
+            description = ver.translated_description
+            records.lookup(description.file_list[0] if description else ver.file_list[0])
+            if all(r.search(pkg.name) or r.search(records.long_desc) for r in regexes):
+                out.append((pkg.name, str(ver.ver_str), str(records.short_desc)))
+        return sorted(out)
+
+
+_HELD = re.compile(r"^Status: install ok installed$", re.MULTILINE)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sync_dir(folder: Path, files: Mapping[str, Path]) -> None:
+    """Make `folder` hold exactly `files` (name -> source), copying only what changed."""
+    for old in folder.iterdir():
+        if old.name not in files:
+            old.unlink()
+    for name, src in files.items():
+        dest = folder / name
+        if not dest.exists():
+            shutil.copyfile(src, dest)
+
+
+def _link_or_copy(src: Path, dest: Path, sha256: str) -> None:
+    if dest.exists() and _file_digest(dest) == sha256:
+        return
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+def _write_flat_index(folder: Path, packages: str) -> None:
+    """Packages and Release of a flat repository (unsigned: its source is trusted=yes)."""
+    index = folder / "Packages"
+    if index.exists() and index.read_text() == packages:
+        return
+    index.write_text(packages)
+    data = packages.encode()
+    release = folder / "Release"
+    previous = release.stat().st_mtime if release.exists() else 0.0
+    release.write_text(
+        f"Origin: {LOCAL_ORIGIN}\nLabel: {LOCAL_ORIGIN}\n"
+        f"Date: {email.utils.formatdate(usegmt=True)}\n"
+        f"SHA256:\n {hashlib.sha256(data).hexdigest()} {len(data)} Packages\n"
+    )
+    # apt's file: method takes a file whose mtime (in seconds) did not change as unchanged
+    stamp = max(time.time(), previous + 1)
+    os.utime(release, (stamp, stamp))
+
 
 def _cached_ok(path: Path, pkg: ResolvedPackage) -> bool:
     """True when `path` is a complete download of `pkg` (size, then sha256 checked)."""
@@ -437,11 +697,7 @@ def _cached_ok(path: Path, pkg: ResolvedPackage) -> bool:
         return False
     if not pkg.sha256:
         return True
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest() == pkg.sha256
+    return _file_digest(path) == pkg.sha256
 
 
 def _apt_errors(text: str) -> str:
@@ -640,6 +896,258 @@ class _Resolver:
         )
         if extra:
             raise PackageError("packages not in the lockfile are needed: " + ", ".join(extra))
+
+
+class _LayerResolver:
+    """Marks a layer on a held base in a DepCache, and explains what cannot be done.
+
+    Every base package is on hold (see AptRoot): apt's auto-install then never upgrades,
+    downgrades or removes one, so a layered package that needs that stays unmarked or broken,
+    and is explained here naming the base packages involved. Override remove and replace are
+    marked "from the user", which is what lifts a hold in apt.
+    """
+
+    def __init__(self, cache: Any, depcache: Any, marks: LayerMarks) -> None:
+        self.cache = cache
+        self.depcache = depcache
+        self.marks = marks
+        self.finder = _Resolver(cache, depcache, Request(Variant.CUSTOM, ()))
+        self.problems: list[str] = []
+        self.candidates: dict[int, Any] = {}
+        self.changed: set[str] = set()  # base packages the request changes (removed, replaced)
+
+    def run(self) -> list[str]:
+        """Mark the request; the requested names the base already has (inactive)."""
+        removes = self._base_packages(self.marks.remove)
+        replaces = self._replacements()
+        wanted, inactive = self._wanted()
+        if self.problems:
+            raise PackageError("; ".join(self.problems))
+        if inactive and not self.marks.allow_inactive:
+            raise PackageError(
+                f"already in the base: {', '.join(inactive)} (use --allow-inactive to request "
+                f"{'it' if len(inactive) == 1 else 'them'} anyway)"
+            )
+        self.changed = {p.name for p in removes} | {p.name for p, _ in replaces}
+        broken_before = {p.id for p in self.cache.packages if self.depcache.is_inst_broken(p)}
+        self._mark(removes, [*replaces, *wanted])
+        self._check([p for p, _ in (*replaces, *wanted)], removes, broken_before)
+        return inactive
+
+    def _mark(self, removes: Sequence[Any], installs: Sequence[tuple[Any, Any]]) -> None:
+        group = apt_pkg.ActionGroup(self.depcache)
+        try:
+            for pkg in removes:
+                self.depcache.mark_delete(pkg, False)
+            for pkg, ver in installs:
+                if ver is not None:
+                    self.depcache.set_candidate_ver(pkg, ver)
+                self.candidates[pkg.id] = self.depcache.get_candidate_ver(pkg)
+            for pkg, _ in installs:
+                self.depcache.mark_install(pkg, True, True)
+        finally:
+            group.release()  # type: ignore[attr-defined]  # missing from the stubs
+
+    # ---- reading the request ----
+
+    def _base_package(self, name: str) -> Any | None:
+        pkg = self.finder._find(name)
+        if pkg is None or pkg.current_ver is None:
+            self.problems.append(f"{name} is not a base package")
+            return None
+        return pkg
+
+    def _base_packages(self, names: Sequence[str]) -> list[Any]:
+        return [p for n in dict.fromkeys(names) if (p := self._base_package(n)) is not None]
+
+    def _replacements(self) -> list[tuple[Any, Any]]:
+        out = []
+        for spec in self.marks.replace:
+            name, _, version = spec.partition("=")
+            if not version:
+                self.problems.append(f"override replace {spec}: expected NAME=VERSION")
+            elif (pkg := self._base_package(name)) is not None:
+                ver = next(
+                    (v for v in pkg.version_list if v.ver_str == version and v.downloadable), None
+                )
+                if ver is None:
+                    self.problems.append(self._unavailable(pkg, version))
+                else:
+                    out.append((pkg, ver))
+        for deb in self.marks.replace_local:
+            if (pkg := self._base_package(deb.name)) is not None:
+                out.append((pkg, self._local_version(pkg, deb)))
+        return out
+
+    def _unavailable(self, pkg: Any, version: str) -> str:
+        versions = [v.ver_str for v in pkg.version_list if v.downloadable]
+        have = f" (available: {', '.join(versions)})" if versions else ""
+        return f"{pkg.name} {version} is not available from the repositories{have}"
+
+    def _local_version(self, pkg: Any | None, deb: LocalDeb) -> Any:
+        for ver in [] if pkg is None else pkg.version_list:
+            if ver.ver_str == deb.version and any(
+                f.origin == LOCAL_ORIGIN for f, _ in ver.file_list
+            ):
+                return ver
+        raise PackageError(f"{deb.path}: {deb.name} {deb.version} is missing from the index")
+
+    def _wanted(self) -> tuple[list[tuple[Any, Any]], list[str]]:
+        wanted: list[tuple[Any, Any]] = []
+        inactive = []
+        for spec in dict.fromkeys(self.marks.packages):
+            name, _, version = spec.partition("=")
+            if self._in_base(name):
+                inactive.append(spec)
+                continue
+            pkg, problem = self.finder._pick(name, version)
+            if problem:
+                self.problems.append(problem)
+            elif pkg.current_ver is not None:  # a virtual name whose one provider is in the base
+                inactive.append(spec)
+            else:
+                wanted.append((pkg, None))
+        for deb in self.marks.local:
+            pkg = self.finder._find(deb.name)
+            if pkg is not None and pkg.current_ver is not None:
+                inactive.append(deb.name)
+            else:
+                wanted.append((pkg, self._local_version(pkg, deb)))
+        return wanted, inactive
+
+    def _in_base(self, name: str) -> bool:
+        """`name` is a base package, or a virtual one that a base package provides."""
+        pkg = self.finder._find(name)
+        if pkg is None:
+            return False
+        if pkg.current_ver is not None:
+            return True
+        return not pkg.has_versions and any(
+            p[2].parent_pkg.current_ver is not None for p in pkg.provides_list
+        )
+
+    # ---- checking the result ----
+
+    def _check(self, requested: Sequence[Any], removes: Sequence[Any], before: set[int]) -> None:
+        problems: list[str] = []
+        for pkg in requested:
+            cand = self.candidates[pkg.id]
+            unchanged = pkg.current_ver is not None and pkg.current_ver.id == cand.id
+            if not _installs(self.depcache, pkg) and not unchanged:
+                problems += self._why(pkg, cand) or [
+                    f"{self._label(pkg, cand)} cannot be installed"
+                ]
+        for pkg in self.cache.packages:
+            if pkg.id not in before and self.depcache.is_inst_broken(pkg):
+                problems += self._why(pkg, self._after(pkg) or self.depcache.get_candidate_ver(pkg))
+        problems += [
+            f"{p.name} cannot be removed" for p in removes if not self.depcache.marked_delete(p)
+        ]
+        problems += self._implicit_changes()
+        if problems:
+            hint = ""
+            if any("the base has" in p or "with base package" in p for p in problems):
+                hint = " (base packages change only by override remove or override replace)"
+            raise PackageError("; ".join(dict.fromkeys(problems)) + hint)
+
+    def _implicit_changes(self) -> list[str]:
+        out = []
+        for pkg in self.cache.packages:
+            if pkg.current_ver is None or pkg.name in self.changed:
+                continue
+            if self.depcache.marked_delete(pkg):
+                out.append(f"base package {pkg.name} would be removed")
+            elif _installs(self.depcache, pkg):
+                new = self.depcache.get_candidate_ver(pkg).ver_str
+                out.append(f"base package {pkg.name} would change to {new}")
+        return out
+
+    def _after(self, pkg: Any) -> Any | None:
+        """The version of `pkg` installed once the marks are applied."""
+        if self.depcache.marked_delete(pkg):
+            return None
+        if _installs(self.depcache, pkg):
+            return self.depcache.get_candidate_ver(pkg)
+        return pkg.current_ver
+
+    def _installed_after(self, ver: Any) -> bool:
+        after = self._after(ver.parent_pkg)
+        return after is not None and after.id == ver.id
+
+    def _label(self, pkg: Any, ver: Any) -> str:
+        base = pkg.current_ver is not None and pkg.name not in self.changed
+        return f"{'base package ' if base else ''}{pkg.name} {ver.ver_str}"
+
+    def _why(self, pkg: Any, ver: Any, seen: set[int] | None = None) -> list[str]:
+        """Each relation of `ver` that the marked state violates, in words; an unmet
+        dependency that apt could not install is explained in turn."""
+        seen = seen if seen is not None else set()
+        seen.add(pkg.id)
+        who = self._label(pkg, ver)
+        out = []
+        for group in _Resolver._dep_groups(ver):
+            if not any(self._installed_after(t) for d in group for t in d.all_targets()):
+                out.append(f"{who} depends on {_group_text(group)}{self._base_note(group)}")
+                out += self._why_not(group, seen)
+        for kind, verb in (("Conflicts", "conflicts with"), ("Breaks", "breaks")):
+            for group in ver.depends_list.get(kind, []):
+                for d in group:
+                    for t in d.all_targets():
+                        if t.parent_pkg.id != pkg.id and self._installed_after(t):
+                            out.append(f"{who} {verb} {self._label(t.parent_pkg, t)}")
+        return out + self._conflicted_by(pkg, ver, who)
+
+    def _why_not(self, group: Sequence[Any], seen: set[int]) -> list[str]:
+        """Why the new packages that would meet `group` could not be installed."""
+        out = []
+        for d in group:
+            target = d.target_pkg
+            # the policy's: a failed mark_install leaves the depcache without a candidate
+            ver = self.depcache.policy.get_candidate_ver(target) if target.has_versions else None
+            if target.current_ver is None and ver is not None and target.id not in seen:
+                out += self._why(target, ver, seen)
+        return out
+
+    def _conflicted_by(self, pkg: Any, ver: Any, who: str) -> list[str]:
+        """Installed packages whose Conflicts or Breaks hit `ver`."""
+        out = []
+        for d in pkg.rev_depends_list:
+            kind = d.dep_type_untranslated
+            if kind not in ("Conflicts", "Breaks") or d.parent_pkg.id == pkg.id:
+                continue
+            if self._installed_after(d.parent_ver) and ver.id in {t.id for t in d.all_targets()}:
+                verb = "conflicts with" if kind == "Conflicts" else "breaks"
+                out.append(f"{self._label(d.parent_pkg, d.parent_ver)} {verb} {who}")
+        return out
+
+    def _base_note(self, group: Sequence[Any]) -> str:
+        notes = []
+        for d in group:
+            target = d.target_pkg
+            if target.current_ver is None:
+                continue
+            if target.name in self.marks.remove:
+                notes.append(f"{target.name} is removed by override remove")
+            elif target.name not in self.changed:
+                notes.append(f"the base has {target.name} {target.current_ver.ver_str}")
+        return f", but {' and '.join(notes)}" if notes else ""
+
+
+def _installs(depcache: Any, pkg: Any) -> bool:
+    """`pkg` is marked for a new install, an upgrade or a downgrade (python-apt's
+    marked_install is true only for the first)."""
+    return bool(
+        depcache.marked_install(pkg)
+        or depcache.marked_upgrade(pkg)
+        or depcache.marked_downgrade(pkg)
+    )
+
+
+def _group_text(group: Sequence[Any]) -> str:
+    return " | ".join(
+        d.target_pkg.name + (f" ({d.comp_type} {d.target_ver})" if d.target_ver else "")
+        for d in group
+    )
 
 
 # ---------------------------------------------------------------------------------------------

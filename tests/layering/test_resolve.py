@@ -299,6 +299,20 @@ def test_merged_etc_sources_win_over_usr_etc(base: Path, plan: Callable[..., Lay
         plan(packages=("app",))
 
 
+def test_one_line_sources_and_trusted_keyrings_of_the_tree(
+    base: Path, repo: AptRepo, plan: Callable[..., LayerPlan]
+) -> None:
+    """A sources.list without Signed-By trusts the tree's trusted.gpg.d (never the host's)."""
+    etc = base / "usr/etc/apt"
+    (etc / "sources.list.d/test.sources").unlink()
+    (etc / "sources.list").write_text(f"deb {repo.file_uri} stable main\n")
+    with pytest.raises(PackageError, match=r"NO_PUBKEY.*is not signed"):
+        plan(packages=("app",))
+    (etc / "trusted.gpg.d").mkdir()
+    shutil.copyfile(repo.keyring, etc / "trusted.gpg.d/test.gpg")
+    assert names(plan(packages=("app",))) == [("app", "1.0"), ("libapp", "1.0")]
+
+
 def test_missing_keyring_is_named(base: Path, plan: Callable[..., LayerPlan]) -> None:
     (base / KEYRING.lstrip("/")).unlink()
     with pytest.raises(PackageError, match=KEYRING):

@@ -1,0 +1,254 @@
+"""Boot disk images under qemu (TCG: KVM does not work on these machines) and drive the guest.
+
+How the host talks to the guest: a tiny agent on the guest's second serial port. Images built
+for VM tests get machine-local files in /etc (`GUEST_ETC_FILES`, handed to `compose image`'s
+`etc_files`; the commit itself is the plain one):
+
+- `apt-ostree-test/agent.sh`, run by `apt-ostree-test-agent.service`, which
+  `multi-user.target.d/` pulls in and which is ordered after multi-user.target: its first
+  line, `@@READY@@`, means that the guest reached multi-user;
+- a systemd-networkd config taking DHCP on the virtio NIC, so the guest reaches the host's
+  loopback as 10.0.2.2 (qemu user networking).
+
+The protocol on /dev/ttyS1 (raw mode, no echo): the host sends a command as one base64 line;
+the agent runs it with bash (stdout and stderr merged, stdin /dev/null) and answers with one
+base64 line of the output and `@@RC <exit code>@@`. The host side of ttyS1 is a qemu unix
+socket chardev; ttyS0 (the kernel and systemd console) goes to `console.log` for diagnostics.
+
+Every guest boots a copy-on-write overlay (`qemu-img create -f qcow2 -b IMAGE`) with its own
+copy of OVMF's variable store, so the image stays pristine. qemu is killed by its PID.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+HOST_FROM_GUEST = "10.0.2.2"  # qemu user networking's alias of the host's loopback
+READY = b"@@READY@@"
+RC_RE = re.compile(rb"([A-Za-z0-9+/=]*)\r?\n@@RC (\d+)@@")
+
+AGENT_SH = r"""#!/bin/bash
+# apt-ostree test agent: runs what the host sends on /dev/ttyS1 (see tests/support/vm.py)
+set -u
+tty=/dev/ttyS1
+stty -F "$tty" raw -echo -echoe -echok -icrnl -onlcr
+exec <"$tty" >"$tty"
+echo "@@READY@@"
+while IFS= read -r line; do
+  line=${line%$'\r'}
+  [ -n "$line" ] || continue
+  printf '%s' "$line" | base64 -d >/run/apt-ostree-agent.cmd 2>/dev/null
+  bash /run/apt-ostree-agent.cmd >/run/apt-ostree-agent.out 2>&1 </dev/null
+  rc=$?
+  base64 -w0 /run/apt-ostree-agent.out
+  printf '\n@@RC %d@@\n' "$rc"
+done
+"""
+
+AGENT_UNIT = """[Unit]
+Description=apt-ostree test agent on ttyS1
+After=multi-user.target
+
+[Service]
+ExecStart=/bin/bash /etc/apt-ostree-test/agent.sh
+Restart=always
+"""
+
+GUEST_ETC_FILES: dict[str, bytes] = {
+    "apt-ostree-test/agent.sh": AGENT_SH.encode(),
+    "systemd/system/apt-ostree-test-agent.service": AGENT_UNIT.encode(),
+    "systemd/system/multi-user.target.d/apt-ostree-test-agent.conf": (
+        b"[Unit]\nWants=apt-ostree-test-agent.service\n"
+    ),
+    "systemd/network/80-apt-ostree-test.network": b"[Match]\nName=en*\n\n[Network]\nDHCP=ipv4\n",
+}
+
+
+class GuestError(AssertionError):
+    """The guest did not answer in time, or qemu stopped; carries the console's tail."""
+
+
+@dataclass(frozen=True)
+class GuestResult:
+    returncode: int
+    output: str
+
+
+class VM:
+    """One qemu guest booted from a copy-on-write overlay of `image`; use `boot()`."""
+
+    def __init__(self, image: Path, workdir: Path, *, memory_mib: int = 1024) -> None:
+        self.image = image
+        self.workdir = workdir
+        self.memory_mib = memory_mib
+        self.console = workdir / "console.log"
+        self.socket_path = workdir / "agent.sock"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+        self.started = 0.0
+        self.boot_seconds: list[float] = []  # qemu start or reboot -> @@READY@@, per boot
+
+    # ---- lifecycle ----
+
+    def _argv(self) -> list[str]:
+        fmt = "qcow2" if self.image.suffix == ".qcow2" else "raw"
+        overlay = self.workdir / "overlay.qcow2"
+        if not overlay.exists():
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", self.image, overlay],
+                check=True,
+            )
+            shutil.copyfile(OVMF_VARS, self.workdir / "vars.fd")
+        return [
+            "qemu-system-x86_64", "-machine", "q35", "-m", str(self.memory_mib), "-smp", "2",
+            "-nodefaults", "-vga", "none", "-display", "none", "-no-user-config",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={self.workdir / 'vars.fd'}",
+            "-drive", f"if=virtio,format=qcow2,file={overlay}",
+            "-chardev", f"file,id=console,path={self.console}",
+            "-serial", "chardev:console",
+            "-chardev", f"socket,id=agent,path={self.socket_path},server=on,wait=off",
+            "-serial", "chardev:agent",
+            "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0",
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        self._proc = subprocess.Popen(
+            self._argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "qemu.stderr").open("wb"),
+        )
+        self.started = time.monotonic()
+        self._connect()
+
+    def _connect(self) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            self._check_alive()
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(str(self.socket_path))
+            except OSError:
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise GuestError("qemu's agent socket never appeared") from None
+                time.sleep(0.05)
+                continue
+            self._sock = sock
+            return
+
+    def stop(self) -> None:
+        """Kill qemu (by its PID) and close the socket; safe to call twice."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    # ---- reading the agent ----
+
+    def console_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.console.read_bytes().decode(errors="replace")
+        except OSError:
+            return "(no console output)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _check_alive(self) -> None:
+        if self._proc is None or self._proc.poll() is not None:
+            code = None if self._proc is None else self._proc.returncode
+            raise GuestError(f"qemu is not running (exit {code}); console:\n{self.console_tail()}")
+
+    def _read_until(self, pattern: re.Pattern[bytes], timeout: float) -> re.Match[bytes]:
+        assert self._sock is not None
+        deadline = time.monotonic() + timeout
+        while (m := pattern.search(self._buffer)) is None:
+            self._check_alive()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GuestError(
+                    f"no answer from the guest within {timeout:.0f} s; console:\n"
+                    + self.console_tail()
+                )
+            self._sock.settimeout(min(left, 1.0))
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise GuestError(f"qemu closed the agent socket; console:\n{self.console_tail()}")
+            self._buffer += chunk
+        self._buffer = self._buffer[m.end() :]
+        return m
+
+    def wait_ready(self, timeout: float = 300) -> float:
+        """Wait for the agent's READY (multi-user reached); return seconds since (re)start."""
+        self._read_until(re.compile(re.escape(READY)), timeout)
+        seconds = time.monotonic() - self.started
+        self.boot_seconds.append(seconds)
+        return seconds
+
+    # ---- commands ----
+
+    def run(self, command: str, *, timeout: float = 120) -> GuestResult:
+        """Run `command` with bash in the guest; its merged output and exit code."""
+        assert self._sock is not None
+        self._buffer = b""
+        self._sock.sendall(base64.b64encode(command.encode()) + b"\n")
+        m = self._read_until(RC_RE, timeout)
+        output = base64.b64decode(m.group(1)).decode(errors="replace")
+        return GuestResult(int(m.group(2)), output)
+
+    def check(self, command: str, *, timeout: float = 120) -> str:
+        """Run `command`; its output, or GuestError when it fails."""
+        result = self.run(command, timeout=timeout)
+        if result.returncode != 0:
+            raise GuestError(f"{command!r} failed ({result.returncode}):\n{result.output}")
+        return result.output
+
+    def reboot(self, *, timeout: float = 300) -> float:
+        """Reboot the guest (staged deployments are finalized on the way down) and wait."""
+        self.run("systemctl --no-block reboot")
+        self.started = time.monotonic()
+        return self.wait_ready(timeout)
+
+
+@contextlib.contextmanager
+def boot(image: Path, workdir: Path, *, timeout: float = 300) -> Iterator[VM]:
+    """Boot `image` (copy-on-write) and wait until multi-user; qemu is killed at the end."""
+    vm = VM(image, workdir)
+    try:
+        vm.start()
+        vm.wait_ready(timeout)
+        yield vm
+    finally:
+        vm.stop()
+
+
+def have_qemu() -> bool:
+    return shutil.which("qemu-system-x86_64") is not None and OVMF_CODE.is_file()

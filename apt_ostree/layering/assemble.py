@@ -129,9 +129,11 @@ def assemble(
     AptOstreeError (LayeringError naming the package and script when dpkg failed); the
     repository then has no new commit and nothing stays mounted.
     """
-    layer = _Layer(workdir, plan)
+    layer = _Layer(workdir)
     try:
         return _assemble(repo, base, plan, layer, metadata, progress, options)
+    except OSError as e:  # our own file work on the layer; tools' errors are already ours
+        raise LayeringError(f"layering failed: {e}") from e
     finally:
         layer.remove()
 
@@ -184,11 +186,10 @@ class _Layer:
 
     NAMES = ("lower", "upper", "work", "merged", "var-lower", "var-upper", "var-work", "var")
 
-    def __init__(self, workdir: Path, plan: LayerPlan) -> None:
+    def __init__(self, workdir: Path) -> None:
         if any(c in str(workdir) for c in ",:\\\n"):
             raise LayeringError(f"{workdir}: a layering folder cannot have ',', ':' or '\\'")
         self.workdir = workdir
-        self.plan = plan
         self.lower = workdir / "lower"
         self.upper = workdir / "upper"
         self.work = workdir / "work"
@@ -418,7 +419,7 @@ def failure_message(output: str, status: int) -> str:
     for line in output.splitlines():
         if m := _SCRIPT_FAILED.search(line.strip()):
             script = SCRIPT_NAMES[(m.group("when"), m.group("what"))]
-            how = m.group("how").removeprefix("returned error ")
+            how = m.group("how").removeprefix("returned error ").removeprefix("was ")
             return f"{script} of {m.group('pkg')} failed: {how}"
     errors = [line for line in output.splitlines() if line.startswith("dpkg: error")]
     if errors:

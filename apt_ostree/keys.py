@@ -40,3 +40,14 @@ SYSROOT_PATH = f"{OBJECT_ROOT}/Sysroot"
 INTERFACE_SYSROOT = f"{BUS_NAME}.Sysroot"
 INTERFACE_OS = f"{BUS_NAME}.OS"
 INTERFACE_TRANSACTION = f"{BUS_NAME}.Transaction"
+OS_PATH_PREFIX = f"{OBJECT_ROOT}/OS"
+TRANSACTION_PATH_PREFIX = f"{OBJECT_ROOT}/Transaction"
+POLKIT_BUS_NAME = "org.freedesktop.PolicyKit1"
+POLKIT_AUTHORITY_PATH = "/org/freedesktop/PolicyKit1/Authority"
+POLKIT_AUTHORITY_INTERFACE = "org.freedesktop.PolicyKit1.Authority"
+DAEMON_CONFIG = "/etc/apt-ostreed.conf"
+
+
+def polkit_action(name: str) -> str:
+    """`org.aptostree.AptOstree1.<name>` (DESIGN.md lists the names)."""
+    return f"{BUS_NAME}.{name}"

@@ -1,12 +1,13 @@
 """Progress a user watches: steps, messages, download and percent progress.
 
 Compose and the sysroot verbs report through a `Progress`; the terminal renderer draws a
-progress line on a tty and plain lines otherwise. The daemon (later) turns the same calls
-into transaction signals.
+progress line on a tty and plain lines otherwise. The daemon's worker writes the same calls as JSON
+lines (`JsonProgress`), which the daemon turns into transaction signals.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -104,3 +105,37 @@ class TerminalProgress(Progress):
 
     def live(self, text: str, *, final: bool = False) -> None:
         self._live_line(text, final=final)
+
+
+class JsonProgress(Progress):
+    """Writes each call as one JSON line (`{"kind": ..., ...}`) to a stream: the daemon's
+    worker reports this way, and the daemon turns each line into a transaction signal."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def emit(self, kind: str, **fields: object) -> None:
+        self.stream.write(json.dumps({"kind": kind, **fields}) + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        self.emit("message", text=text)
+
+    def step_begin(self, title: str) -> None:
+        self.emit("step_begin", title=title)
+
+    def step_end(self, title: str, seconds: float) -> None:
+        self.emit("step_end", title=title, seconds=seconds)
+
+    def percent(self, title: str, done: int, total: int) -> None:
+        self.emit("percent", title=title, done=done, total=total)
+
+    def download(
+        self, done_bytes: int, total_bytes: int, bytes_per_second: float, *, final: bool = False
+    ) -> None:
+        self.emit(
+            "download", done=done_bytes, total=total_bytes, speed=bytes_per_second, final=final
+        )
+
+    def live(self, text: str, *, final: bool = False) -> None:
+        self.emit("live", text=text, final=final)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from apt_ostree import __version__
 from apt_ostree.cli import client, compose
+from apt_ostree.daemon import client as daemon_client
 from apt_ostree.errors import AptOstreeError, UnchangedError, UsageError
 
 EXIT_FAILED = 1
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.required = True
     compose.register(verbs)
     client.register(verbs)
+    daemon_client.register(verbs)
     return parser
 
 
@@ -45,7 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         args = build_parser().parse_args(args_list)
-        result: int = args.func(args)
+        # without --sysroot, served verbs go through apt-ostreed (apt_ostree/daemon/client.py)
+        result: int | None = daemon_client.dispatch(args)
+        if result is None:
+            result = args.func(args)
         return result
     except UnchangedError as e:
         print(str(e), file=sys.stderr)

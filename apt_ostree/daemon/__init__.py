@@ -1,0 +1,1 @@
+"""apt-ostreed: the D-Bus daemon (see docs/daemon.md)."""

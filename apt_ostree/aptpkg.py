@@ -303,6 +303,7 @@ class AptRoot:
         architecture: str,
         status: Path | None = None,
         trusted: Sequence[Path] = (),
+        foreign: Sequence[str] = (),
     ) -> None:
         self.root = root
         self.repos = tuple(repos)
@@ -310,6 +311,7 @@ class AptRoot:
         self.architecture = architecture
         self.base_status = status
         self.trusted = tuple(trusted)  # keyrings for trusted.gpg.d (sources without Signed-By)
+        self.foreign = tuple(foreign)  # dpkg's foreign architectures (multiarch)
         self.sources_text = render_sources(repos)
         self._cache: Any = None
         self._depcache: Any = None
@@ -390,7 +392,8 @@ class AptRoot:
         for key, value in settings.items():
             c.set(key, value)
         c.clear("APT::Architectures")
-        c.set("APT::Architectures::", self.architecture)
+        for arch in (self.architecture, *self.foreign):
+            c.set("APT::Architectures::", arch)
         apt_pkg.init_system()
 
     def update(self, progress: Progress) -> None:

@@ -51,6 +51,7 @@ class BaseTree:
     trusted: tuple[Path, ...]  # the tree's trusted.gpg and trusted.gpg.d keyrings
     status: Path
     architecture: str
+    foreign: tuple[str, ...] = ()  # dpkg's foreign architectures
 
 
 def apt_etc(root: Path) -> Path:
@@ -71,7 +72,8 @@ def read_tree(root: Path, keys: Path) -> BaseTree:
         trusted += sorted(
             f for f in (etc / "trusted.gpg.d").iterdir() if f.suffix in (".gpg", ".asc")
         )
-    return BaseTree(root, repos, tuple(trusted), status, tree_architecture(root))
+    foreign = tuple((root / ARCH).read_text().split()[1:]) if (root / ARCH).is_file() else ()
+    return BaseTree(root, repos, tuple(trusted), status, tree_architecture(root), foreign)
 
 
 def _signed_by(value: str | None, root: Path, keys: Path, etc: Path) -> str | None:
@@ -100,7 +102,8 @@ def _copy_key(root: Path, path: str, keys: Path, etc: Path) -> Path:
 
 
 def tree_architecture(root: Path) -> str:
-    """dpkg's native architecture for the tree: its arch file, its packages, else ours."""
+    """dpkg's native architecture for the tree: the first line of its arch file (dpkg lists
+    the native one, then the foreign ones), its packages' most common one, else ours."""
     arch = root / ARCH
     if arch.is_file() and (names := arch.read_text().split()):
         return names[0]
@@ -111,7 +114,8 @@ def tree_architecture(root: Path) -> str:
 
 def _apt_root(tree: BaseTree, cachedir: Path) -> AptRoot:
     digests = [hashlib.sha256(k.read_bytes()).hexdigest() for k in tree.trusted]
-    text = "\n".join([aptpkg.render_sources(tree.repos), tree.architecture, *digests])
+    archs = " ".join((tree.architecture, *tree.foreign))
+    text = "\n".join([aptpkg.render_sources(tree.repos), archs, *digests])
     return AptRoot(
         cachedir / "apt" / hashlib.sha256(text.encode()).hexdigest()[:16],
         tree.repos,
@@ -119,6 +123,7 @@ def _apt_root(tree: BaseTree, cachedir: Path) -> AptRoot:
         architecture=tree.architecture,
         status=tree.status,
         trusted=tree.trusted,
+        foreign=tree.foreign,
     )
 
 
@@ -127,7 +132,7 @@ def _open(root: Path, cachedir: Path) -> tuple[BaseTree, AptRoot]:
     return tree, _apt_root(tree, cachedir)
 
 
-def read_local_deb(path: Path, architecture: str) -> LocalDeb:
+def read_local_deb(path: Path, architectures: Sequence[str]) -> LocalDeb:
     """A local .deb's control fields, after dpkg-deb has read all of it."""
     if not path.is_file():
         raise PackageError(f"{path}: no such file")
@@ -140,9 +145,10 @@ def read_local_deb(path: Path, architecture: str) -> LocalDeb:
         detail = lines[-1].strip() if lines else str(e)
         raise PackageError(f"{path} is not a valid .deb package: {detail}") from e
     deb = LocalDeb.read(path, control)
-    if deb.architecture not in ("all", architecture):
+    if deb.architecture not in ("all", *architectures):
         raise PackageError(
-            f"{path} is built for {deb.architecture}, the tree's architecture is {architecture}"
+            f"{path} is built for {deb.architecture}, the tree's architectures are "
+            + ", ".join(architectures)
         )
     return deb
 
@@ -172,8 +178,9 @@ def plan_layer(
     if request.is_empty():
         return LayerPlan()
     tree, apt = _open(root, cachedir)
-    local = tuple(read_local_deb(p, tree.architecture) for p in request.local_debs)
-    replace_local = tuple(read_local_deb(p, tree.architecture) for p in request.replace_local)
+    archs = (tree.architecture, *tree.foreign)
+    local = tuple(read_local_deb(p, archs) for p in request.local_debs)
+    replace_local = tuple(read_local_deb(p, archs) for p in request.replace_local)
     apt.set_local([*local, *replace_local])
     if request.packages or request.replace or local or replace_local:
         _indices(apt, progress, refresh=refresh)

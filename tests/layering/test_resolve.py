@@ -202,6 +202,12 @@ def test_local_replacement_of_a_base_package(
         plan(replace_local=(other,))
 
 
+def test_local_deb_of_another_architecture(plan: Callable[..., LayerPlan], tmp_path: Path) -> None:
+    deb = build_deb(DebSpec("armtool", "0.1", architecture="arm64"), tmp_path / "mine")
+    with pytest.raises(PackageError, match=r"built for arm64, the tree's architectures are amd64"):
+        plan(local_debs=(deb,))
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_local_deb(plan: Callable[..., LayerPlan], tmp_path: Path, damage: str) -> None:
     deb = build_deb(DebSpec("localtool", "0.1", files={"/usr/share/x": "x" * 5000}), tmp_path)

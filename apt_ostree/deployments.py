@@ -20,9 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from apt_ostree import aptpkg, keys, ostree
-from apt_ostree.errors import AptOstreeError, CommandError, RepoError, UnchangedError, UsageError
-from apt_ostree.layering.build import LayeringError, local_dir
+from apt_ostree.errors import (
+    AptOstreeError,
+    CommandError,
+    LayeringError,
+    RepoError,
+    UnchangedError,
+    UsageError,
+)
 from apt_ostree.layering.build import build as build_layered
+from apt_ostree.layering.build import local_dir
 from apt_ostree.layering.build import refresh as layering_refresh
 from apt_ostree.layering.build import search as layering_search
 from apt_ostree.origin import CHECKSUM_RE, Origin, Refspec

@@ -17,19 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from apt_ostree import keys, ostree
-from apt_ostree.errors import AptOstreeError
 from apt_ostree.layering import LayerPlan, LayerRequest
 from apt_ostree.origin import Origin
 from apt_ostree.progress import Progress
 
 STATUS = "usr/lib/sysimage/dpkg/status"
 ARCH = "usr/lib/sysimage/dpkg/arch"
-
-
-class LayeringError(AptOstreeError):
-    """A layered change could not be made (nothing was deployed)."""
-
-    dbus_name = "LayeringFailed"
 
 
 def cache_dir(sysroot: Path, osname: str) -> Path:

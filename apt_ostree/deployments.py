@@ -265,7 +265,7 @@ class SysrootClient:
                 self.osname(),
                 base,
                 origin,
-                etc=merge.path / "etc",
+                deployment=merge.path,
                 progress=self.progress,
                 allow_inactive=allow_inactive,
             )
@@ -648,7 +648,7 @@ class SysrootClient:
         merge = self.merge_deployment()
         base = self.commit(merge.checksum).base_checksum
         return layering_search(
-            self.sysroot, self.osname(), base, patterns, etc=merge.path / "etc",
+            self.sysroot, self.osname(), base, patterns, deployment=merge.path,
             progress=self.progress,
         )  # fmt: skip
 
@@ -656,7 +656,7 @@ class SysrootClient:
         merge = self.merge_deployment()
         base = self.commit(merge.checksum).base_checksum
         layering_refresh(
-            self.sysroot, self.osname(), base, etc=merge.path / "etc", progress=self.progress
+            self.sysroot, self.osname(), base, deployment=merge.path, progress=self.progress
         )
         return Outcome(True, ("Package lists updated.",))
 

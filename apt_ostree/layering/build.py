@@ -47,9 +47,10 @@ def request_of(origin: Origin, local: Path, *, recommends: bool) -> LayerRequest
 
 
 @contextmanager
-def resolution_root(repo: Any, base: str, etc: Path | None) -> Iterator[Path]:
-    """A small tree for the resolver: the machine's /etc (its apt sources and keys) and the
-    base's dpkg status and architecture, read from the repository with no checkout."""
+def resolution_root(repo: Any, base: str, deployment: Path | None) -> Iterator[Path]:
+    """A small tree for the resolver: the machine's /etc (its apt sources and keys) and
+    keyrings (`Signed-By: /usr/share/keyrings/...`) from the deployment it starts from, and
+    the base's dpkg status and architecture, read from the repository with no checkout."""
     with tempfile.TemporaryDirectory(prefix="apt-ostree-resolve-") as tmp:
         root = Path(tmp)
         (root / STATUS).parent.mkdir(parents=True)
@@ -57,11 +58,15 @@ def resolution_root(repo: Any, base: str, etc: Path | None) -> Iterator[Path]:
             data = ostree.read_file(repo, base, "/" + rel)
             if data is not None:
                 (root / rel).write_bytes(data)
-        if etc is not None and etc.is_dir():
-            (root / "etc").symlink_to(etc.resolve())
+        if deployment is not None and (deployment / "etc").is_dir():
+            (root / "etc").symlink_to((deployment / "etc").resolve())
+            keyrings = deployment / "usr/share/keyrings"
+            if keyrings.is_dir():
+                (root / "usr/share").mkdir(parents=True)
+                (root / "usr/share/keyrings").symlink_to(keyrings.resolve())
         else:
             apt = root / "usr/etc/apt"
-            apt.parent.mkdir(parents=True)
+            apt.parent.mkdir(parents=True, exist_ok=True)
             ostree.checkout_subpath(repo, base, "/usr/etc/apt", apt)
         yield root
 
@@ -84,7 +89,7 @@ def build(
     base: str,
     origin: Origin,
     *,
-    etc: Path | None,
+    deployment: Path | None,
     progress: Progress,
     allow_inactive: bool = True,
     recommends: bool = False,
@@ -100,7 +105,10 @@ def build(
 
     repo = sysroot.repo
     cache = cache_dir(sysroot.path, osname)
-    with progress.step("Resolving layered packages"), resolution_root(repo, base, etc) as root:
+    with (
+        progress.step("Resolving layered packages"),
+        resolution_root(repo, base, deployment) as root,
+    ):
         plan = plan_layer(
             root,
             request,
@@ -134,21 +142,21 @@ def search(
     base: str,
     patterns: Sequence[str],
     *,
-    etc: Path | None,
+    deployment: Path | None,
     progress: Progress,
 ) -> list[tuple[str, str, str]]:
     from apt_ostree.layering.resolve import search as resolve_search
 
-    with resolution_root(sysroot.repo, base, etc) as root:
+    with resolution_root(sysroot.repo, base, deployment) as root:
         return resolve_search(
             root, patterns, cachedir=cache_dir(sysroot.path, osname), progress=progress
         )
 
 
 def refresh(
-    sysroot: ostree.Sysroot, osname: str, base: str, *, etc: Path | None, progress: Progress
+    sysroot: ostree.Sysroot, osname: str, base: str, *, deployment: Path | None, progress: Progress
 ) -> None:
     from apt_ostree.layering.resolve import refresh as resolve_refresh
 
-    with resolution_root(sysroot.repo, base, etc) as root:
+    with resolution_root(sysroot.repo, base, deployment) as root:
         resolve_refresh(root, cachedir=cache_dir(sysroot.path, osname), progress=progress)

@@ -10,15 +10,8 @@ import pytest
 
 from apt_ostree.run import run
 from tests.support.httpd import Server, serve_directory
-from tests.support.images import Images, compose_images, copy_repo, remove_sysroot
+from tests.support.images import Images, copy_repo, remove_sysroot
 from tests.support.sysroots import Machine, Served, init
-
-
-@pytest.fixture(scope="session")
-def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
-    """test/os 1.0 and 1.1 and test/other 2.0, signed, in an archive repository with a
-    summary (see tests/support/images.py). Composed once per session (about 2 minutes)."""
-    return compose_images(tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture

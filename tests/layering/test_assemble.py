@@ -29,7 +29,6 @@ from apt_ostree.layering.assemble import (
 )
 from apt_ostree.progress import Progress
 from apt_ostree.run import run
-from tests.deploy.conftest import images  # noqa: F401  (the session's composed images)
 from tests.support.debian import fetch_debian_debs
 from tests.support.debs import DebSpec, File, build_deb
 from tests.support.images import Images, copy_repo
@@ -43,7 +42,7 @@ STATUS = "/usr/lib/sysimage/dpkg/status"
 
 @pytest.fixture(scope="module")
 def bare_base(
-    images: Images,  # noqa: F811
+    images: Images,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, str]:
     """test/os 1.0 in a bare repository, as in a sysroot (pulled once per module)."""

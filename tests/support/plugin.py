@@ -11,6 +11,7 @@ import pytest
 from tests.support.aptrepo import AptRepo, GpgKey, shared_gpg_key
 from tests.support.debs import DebSpec, build_deb
 from tests.support.httpd import Server, serve_directory
+from tests.support.images import Images, compose_images
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +40,10 @@ def http_server() -> Iterator[Callable[[Path], Server]]:
     """Start a loopback HTTP server for a folder; every server is stopped at teardown."""
     with ExitStack() as stack:
         yield lambda directory: stack.enter_context(serve_directory(directory))
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
+    """test/os 1.0 and 1.1 and test/other 2.0, signed, in an archive repository with a
+    summary (see tests/support/images.py). Composed once per session (about 2 minutes)."""
+    return compose_images(tmp_path_factory.mktemp("images"))

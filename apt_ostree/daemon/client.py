@@ -170,10 +170,16 @@ class _Follower:
         p.LiveMessage.connect(lambda text, f: r.live(text, final=f))
         p.Output.connect(lambda line: print(line, flush=True))
         p.Finished.connect(self._finished)
+        bus.proxy.NameOwnerChanged.connect(self._owner_changed)
 
     def _finished(self, success: bool, message: str, name: str) -> None:
         self.result = (success, message, name)
         self.loop.quit()
+
+    def _owner_changed(self, name: str, old: str, new: str) -> None:
+        if name == keys.BUS_NAME and not new and self.result is None:
+            self.result = (False, "apt-ostreed exited during the transaction", "")
+            self.loop.quit()
 
     def _interrupt(self) -> bool:
         print("Cancelling the transaction...", file=sys.stderr, flush=True)

@@ -10,6 +10,7 @@ namespace (bubblewrap) where our data/ actions file and a test rules file are bo
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"
@@ -184,7 +186,8 @@ class Result:
 def client_argv(*args: str | Path, user: str | None = None) -> list[str]:
     argv = [sys.executable, "-m", "apt_ostree.cli.main", *map(str, args)]
     if user is not None:
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
+        gid = pwd.getpwnam(user).pw_gid
+        argv = ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups", *argv]
     return argv
 
 
@@ -198,3 +201,62 @@ def run_client(bus: PrivateBus, *args: str | Path, user: str | None = None) -> R
         cwd="/",
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def get_property(bus: PrivateBus, name: str) -> Any:
+    """A Sysroot property, unpacked (the test process is its own bus client)."""
+    from gi.repository import Gio, GLib
+
+    flags = (
+        Gio.DBusConnectionFlags.AUTHENTICATION_CLIENT
+        | Gio.DBusConnectionFlags.MESSAGE_BUS_CONNECTION
+    )
+    conn = Gio.DBusConnection.new_for_address_sync(bus.address, flags, None, None)
+    try:
+        reply = conn.call_sync(
+            BUS_NAME, "/org/aptostree/AptOstree1/Sysroot", "org.freedesktop.DBus.Properties",
+            "Get", GLib.Variant("(ss)", ("org.aptostree.AptOstree1.Sysroot", name)),
+            None, Gio.DBusCallFlags.NONE, -1, None,
+        )  # fmt: skip
+        return reply.unpack()[0]
+    finally:
+        conn.close_sync(None)
+
+
+def install_activation(bus: PrivateBus, sysroot: Path, config: Path) -> None:
+    """A D-Bus activation file like data/'s, starting apt-ostreed on the folder sysroot."""
+    exec_line = f"{sys.executable} -m apt_ostree.daemon.main --sysroot {sysroot} --config {config}"
+    (bus.dir / "services" / f"{BUS_NAME}.service").write_text(
+        f"[D-BUS Service]\nName={BUS_NAME}\nExec={exec_line}\nUser=root\n"
+    )
+
+
+class Running:
+    """A client started in the background, whose stderr is read as it comes."""
+
+    def __init__(self, bus: PrivateBus, *args: str | Path, user: str | None = None) -> None:
+        self.proc = subprocess.Popen(
+            client_argv(*args, user=user),
+            env=bus.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
+        )
+        self.stderr_lines: list[str] = []
+
+    def wait_for_stderr(self, text: str, timeout: float = 60) -> None:
+        assert self.proc.stderr is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.stderr_lines.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"{text!r} not in {''.join(self.stderr_lines)}")
+
+    def finish(self, timeout: float = 60) -> Result:
+        out, err = self.proc.communicate(timeout=timeout)
+        return Result(self.proc.returncode, out, "".join(self.stderr_lines) + err)

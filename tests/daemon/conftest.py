@@ -14,8 +14,8 @@ from tests.daemon.bus import Daemon, PrivateBus, start_bus, start_daemon, start_
 from tests.deploy import conftest as deploy
 from tests.support.sysroots import Machine
 
-# the deploy tests' fixtures: composed images, a served copy, the template and machine sysroots
-images, served, template, machine = deploy.images, deploy.served, deploy.template, deploy.machine
+# the deploy tests' fixtures: a served copy of the images, the template and machine sysroots
+served, template, machine = deploy.served, deploy.template, deploy.machine
 
 
 @pytest.fixture

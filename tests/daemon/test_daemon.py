@@ -1,15 +1,34 @@
-"""apt-ostreed on a real private system bus with a real polkitd, serving a folder sysroot."""
+"""apt-ostreed on a real private system bus with a real polkitd, serving a folder sysroot.
+
+The CLI runs as a user runs it (a subprocess, without --sysroot, DBUS_SYSTEM_BUS_ADDRESS at
+the private bus); `apt-ostree --sysroot`, `ostree admin status` and `ostree fsck` check.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from tests.daemon.bus import Daemon, PrivateBus, run_client
+from tests.daemon.bus import (
+    DENIED_USER,
+    GRANTED_USER,
+    Daemon,
+    PrivateBus,
+    Running,
+    get_property,
+    install_activation,
+    run_client,
+    wait_for,
+)
 from tests.support.sysroots import Machine, ok
 
 pytestmark = [pytest.mark.slow]
+
+SLOW = 3000  # bytes per second: an upgrade's pull (about 56 kB) then takes ~20 s
 
 
 def test_status_through_the_daemon_is_the_in_process_status(
@@ -19,16 +38,193 @@ def test_status_through_the_daemon_is_the_in_process_status(
         through = run_client(bus, "status", *flags)
         assert through.returncode == 0, through.stderr
         assert through.stdout == ok("status", *machine.args(), *flags).stdout
+    assert run_client(bus, "db", "list").stdout == ok("db", "list", *machine.args()).stdout
 
 
 def test_upgrade_through_the_daemon(bus: PrivateBus, daemon: Daemon, machine: Machine) -> None:
     result = run_client(bus, "upgrade")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Deployed" in result.stdout
-    assert "==> Checking origin:test/os for updates" in result.stderr
+    assert "Deployed" in result.stdout and "hello-aot 1.0 -> 1.1" in result.stdout
+    assert "==> Checking origin:test/os for updates" in result.stderr  # progress signals
+    assert "==> Deploying" in result.stderr
     assert machine.versions() == ["1.1", "1.0"]
+    deployments = json.loads(get_property(bus, "Deployments"))
+    assert [d["version"] for d in deployments] == ["1.1", "1.0"]
     again = run_client(bus, "upgrade", "--unchanged-exit-77")
     assert again.returncode == 77, again.stderr
     assert "No upgrade available." in again.stderr
-    doc = json.loads(run_client(bus, "status", "--json").stdout)
-    assert [d["version"] for d in doc["deployments"]] == ["1.1", "1.0"]
+    bad = run_client(bus, "deploy", "9.9")
+    assert bad.returncode == 1
+    assert (
+        bad.stderr.splitlines()[-1]
+        == "error: version 9.9 not found in the history of origin:test/os"
+    )
+    assert run_client(bus, "db", "diff").stdout == ok("db", "diff", *machine.args()).stdout
+
+
+def test_a_second_transaction_is_refused_and_cancel_leaves_no_deployment(
+    bus: PrivateBus, daemon: Daemon, machine: Machine
+) -> None:
+    before = machine.snapshot()
+    machine.served.server.throttle(SLOW)
+    first = Running(bus, "upgrade")
+    first.wait_for_stderr("==> Pulling")
+    second = run_client(bus, "rollback")
+    assert second.returncode == 1
+    assert "Transaction/1 (upgrade)" in second.stderr
+    assert f"pid {first.proc.pid}, uid 0" in second.stderr
+    assert "is running" in second.stderr
+    title, client, path = get_property(bus, "ActiveTransaction")
+    assert (title, path) == ("upgrade", "/org/aptostree/AptOstree1/Transaction/1")
+    assert f"pid {first.proc.pid}" in client
+    first.proc.send_signal(signal.SIGINT)  # Ctrl-C: the client asks the daemon to cancel
+    result = first.finish()
+    assert result.returncode == 1
+    assert "error: transaction cancelled" in result.stderr
+    assert machine.snapshot() == before
+    machine.fsck()
+    # the next transaction runs
+    machine.served.server.throttle(None)
+    assert run_client(bus, "upgrade").returncode == 0
+    assert machine.versions() == ["1.1", "1.0"]
+
+
+def test_cancel_verb_from_another_client(bus: PrivateBus, daemon: Daemon, machine: Machine) -> None:
+    machine.served.server.throttle(SLOW)
+    first = Running(bus, "upgrade")
+    first.wait_for_stderr("==> Pulling")
+    denied = run_client(bus, "cancel", user=DENIED_USER)
+    assert denied.returncode == 1 and "not authorized" in denied.stderr
+    assert run_client(bus, "cancel").returncode == 0
+    assert first.finish().returncode == 1
+    assert machine.versions() == ["1.0"]
+
+
+def test_unprivileged_users_read_but_change_only_through_polkit(
+    bus: PrivateBus, daemon: Daemon, machine: Machine
+) -> None:
+    status = run_client(bus, "status", "--json", user=DENIED_USER)
+    assert status.returncode == 0, status.stderr
+    denied = run_client(bus, "upgrade", user=DENIED_USER)
+    assert denied.returncode == 1
+    assert "org.aptostree.AptOstree1.upgrade: not authorized" in denied.stderr
+    assert run_client(bus, "rollback", user=DENIED_USER).returncode == 1
+    assert machine.versions() == ["1.0"]
+    granted = run_client(bus, "upgrade", user=GRANTED_USER)  # the test rule's group
+    assert granted.returncode == 0, granted.stderr
+    assert machine.versions() == ["1.1", "1.0"]
+
+
+def test_bad_input_from_the_bus_is_refused(
+    bus: PrivateBus, daemon: Daemon, machine: Machine
+) -> None:
+    import subprocess
+
+    def call(method: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["gdbus", "call", "--system", "--dest", "org.aptostree.AptOstree1",
+             "--object-path", "/org/aptostree/AptOstree1/OS/test",
+             "--method", f"org.aptostree.AptOstree1.OS.{method}", *args],
+            env=bus.env(), capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    r = call("Upgrade", "{'sysroot': <'/'>}")
+    assert "Error.InvalidArgs" in r.stderr and "unknown option 'sysroot'" in r.stderr
+    r = call("Upgrade", "{'check': <'yes'>}")
+    assert "Error.InvalidArgs" in r.stderr and "expected type 'b'" in r.stderr
+    r = call("Deploy", "--check", "{}")  # a positional is never an option
+    assert r.returncode != 0
+    assert machine.versions() == ["1.0"]
+
+
+@pytest.mark.parametrize("when", ["at start", "mid-pull"])
+def test_daemon_killed_mid_transaction_leaves_the_sysroot_consistent(
+    bus: PrivateBus,
+    daemon: Daemon,
+    machine: Machine,
+    start: Callable[[Path], Daemon],
+    when: str,
+) -> None:
+    before = machine.snapshot()
+    machine.served.server.throttle(SLOW)
+    first = Running(bus, "upgrade")
+    first.wait_for_stderr("==> Checking" if when == "at start" else "==> Pulling")
+    daemon.proc.send_signal(signal.SIGKILL)
+    daemon.proc.wait()
+    result = first.finish()
+    assert result.returncode == 1
+    assert "apt-ostreed exited during the transaction" in result.stderr
+    # the worker died with the daemon (PR_SET_PDEATHSIG): nothing changes the sysroot now
+    wait_for(lambda: not _workers(machine.path), "the worker to die")
+    assert machine.snapshot() == before
+    machine.fsck()
+    machine.served.server.throttle(None)
+    start(machine.path)
+    upgraded = run_client(bus, "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert machine.versions() == ["1.1", "1.0"]
+    machine.fsck()
+
+
+def _workers(sysroot: Path) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"apt_ostree.daemon.worker" in cmdline and str(sysroot).encode() in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_idle_exit_and_bus_activation(
+    bus: PrivateBus, machine: Machine, polkitd: object, tmp_path: Path
+) -> None:
+    config = tmp_path / "idle.conf"
+    config.write_text("[Daemon]\nIdleExitTimeout=2\n")
+    install_activation(bus, machine.path, config)
+    status = run_client(bus, "status")  # the bus starts the daemon
+    assert status.returncode == 0, status.stderr
+    assert bus.has_owner("org.aptostree.AptOstree1")
+    wait_for(lambda: not bus.has_owner("org.aptostree.AptOstree1"), "idle exit", timeout=15)
+    upgraded = run_client(bus, "upgrade")  # and again
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert machine.versions() == ["1.1", "1.0"]
+    wait_for(lambda: not bus.has_owner("org.aptostree.AptOstree1"), "idle exit", timeout=15)
+
+
+@pytest.mark.parametrize("policy", ["none", "check", "stage"])
+def test_automatic_update_policy(
+    bus: PrivateBus, daemon: Daemon, machine: Machine, daemon_config: Path, policy: str
+) -> None:
+    assert get_property(bus, "AutomaticUpdatePolicy") == "none"
+    daemon_config.write_text(f"[Daemon]\nIdleExitTimeout=0\nAutomaticUpdatePolicy={policy}\n")
+    denied = run_client(bus, "reload", user=DENIED_USER)
+    assert denied.returncode == 1
+    assert run_client(bus, "reload").returncode == 0
+    assert get_property(bus, "AutomaticUpdatePolicy") == policy
+    result = run_client(bus, "upgrade", "--trigger-automatic-update-policy")
+    assert result.returncode == 0, result.stderr
+    cached = get_property(bus, "CachedUpdate")
+    if policy == "none":
+        assert "not enabled" in result.stdout
+        assert machine.versions() == ["1.0"] and cached == ""
+        return
+    update = json.loads(cached)
+    assert update["version"] == "1.1"
+    assert update["checksum"] == machine.served.images.checksum("1.1")
+    assert {"name": "hello-aot"}.items() <= update["upgraded"][0].items()
+    expected = ["1.1", "1.0"] if policy == "stage" else ["1.0"]
+    assert machine.versions() == expected
+
+
+def test_config_errors_are_refused_on_reload(
+    bus: PrivateBus, daemon: Daemon, daemon_config: Path
+) -> None:
+    daemon_config.write_text("[Daemon]\nAutomaticUpdatePolicy=sometimes\n")
+    result = run_client(bus, "reload")
+    assert result.returncode == 1
+    assert "AutomaticUpdatePolicy=sometimes: expected none, check or stage" in result.stderr
+    assert get_property(bus, "AutomaticUpdatePolicy") == "none"
+    assert daemon.proc.poll() is None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from apt_ostree import aptpkg, keys, ostree
+from apt_ostree.accounts import merge_accounts
 from apt_ostree.errors import (
     AptOstreeError,
     CommandError,
@@ -104,6 +105,8 @@ class DeploymentStatus:
             "base-local-replacements": list(o.override_replace_local) if o else [],
             "requested-base-local-replacements": list(o.override_replace_local) if o else [],
             "kernel-arguments": list(d.kargs),
+            "regenerate-initramfs": o.regenerate_initramfs if o else False,
+            "initramfs-args": list(o.initramfs_args) if o else [],
         }
 
 
@@ -272,7 +275,7 @@ class SysrootClient:
         stage = self.sysroot.is_booted()
         verb = "Staging" if stage else "Deploying"
         with self.progress.step(f"{verb} {checksum[:12]}"):
-            self.sysroot.deploy(
+            root = self.sysroot.deploy(
                 self.osname(),
                 checksum,
                 origin.to_text(),
@@ -280,6 +283,12 @@ class SysrootClient:
                 kargs=kargs if kargs is not None else merge.kargs,
                 stage=stage,
             )
+            if root is not None:
+                added = merge_accounts(root)
+                if added:
+                    self.progress.message(
+                        f"    accounts added to /etc: {' '.join(sorted(set(added)))}"
+                    )
         return checksum
 
     def _diff(self, old: str, new: str) -> PackageDiff:
@@ -641,6 +650,26 @@ class SysrootClient:
                     origin, override_remove=(), override_replace=(), override_replace_local=()
                 )
             return origin
+
+        return self._change_origin(edit)
+
+    def initramfs(self, *, enable: bool | None, args: Sequence[str] = ()) -> Outcome:
+        """Regenerate the initramfs on the client (dracut in the sandbox), or stop doing so;
+        kept in the origin, so every upgrade regenerates it again. enable=None shows it."""
+        if enable is None:
+            origin = self._origin(self.merge_deployment())
+            state = "enabled" if origin.regenerate_initramfs else "disabled"
+            extra = (
+                f" (arguments: {' '.join(origin.initramfs_args)})" if origin.initramfs_args else ""
+            )
+            return Outcome(False, (f"Initramfs regeneration: {state}{extra}",))
+
+        def edit(origin: Origin, base: CommitSummary) -> Origin:
+            if enable:
+                return replace(origin, regenerate_initramfs=True, initramfs_args=tuple(args))
+            if not origin.regenerate_initramfs:
+                raise LayeringError("initramfs regeneration is not enabled")
+            return replace(origin, regenerate_initramfs=False, initramfs_args=())
 
         return self._change_origin(edit)
 

@@ -285,8 +285,9 @@ class Sysroot:
         merge: Deployment | None,
         kargs: Sequence[str] | None,
         stage: bool,
-    ) -> None:
-        """Deploy `checksum` as the new default of `osname`, keeping the merge deployment.
+    ) -> Path | None:
+        """Deploy `checksum` as the new default of `osname`, keeping the merge deployment;
+        return the new deployment's root (None when staged: written at shutdown).
 
         On a booted system the deployment is staged (libostree writes it at shutdown, with
         /etc merged then); in a folder sysroot it is written at once.
@@ -296,13 +297,14 @@ class Sysroot:
         try:
             if stage:
                 self._sysroot.stage_tree(osname, checksum, _keyfile(origin), merge_gi, argv, None)
-                return
+                return None
             _, new = self._sysroot.deploy_tree(
                 osname, checksum, _keyfile(origin), merge_gi, argv, None
             )
             self._sysroot.simple_write_deployment(
                 osname, new, merge_gi, OSTree.SysrootSimpleWriteDeploymentFlags.NONE, None
             )
+            return self.path / str(self._sysroot.get_deployment_dirpath(new))
         except GLib.Error as e:
             raise _fail(f"cannot deploy {checksum}", e) from e
         finally:

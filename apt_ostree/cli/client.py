@@ -159,6 +159,14 @@ def register_layering(verbs: Any) -> None:
     p.add_argument("packages", nargs="*", metavar="PKG")
     p.add_argument("--all", action="store_true", dest="all_")
     p.set_defaults(func=cmd_override_reset)
+    p = verbs.add_parser("initramfs", help="regenerate the initramfs on this machine")
+    _mutating(p)
+    switch = p.add_mutually_exclusive_group()
+    switch.add_argument("--enable", action="store_const", const=True, dest="enable")
+    switch.add_argument("--disable", action="store_const", const=False, dest="enable")
+    p.add_argument("--arg", action="append", default=[], help="a dracut argument")
+    p.add_argument("-r", "--reboot", action="store_true", help="reboot when staged")
+    p.set_defaults(func=cmd_initramfs)
     p = verbs.add_parser("reset", help="drop all layered packages and overrides")
     _mutating(p)
     p.add_argument("--overlays", action="store_true", help="only layered packages")
@@ -248,6 +256,8 @@ def render_status(statuses: list[DeploymentStatus], *, verbose: bool) -> list[st
                 rows.append(("LocalPackages", " ".join(o.requested_local_packages)))
             if o.override_remove:
                 rows.append(("RemovedBasePackages", " ".join(o.override_remove)))
+            if o.regenerate_initramfs:
+                rows.append(("Initramfs", "regenerated " + " ".join(o.initramfs_args)))
             if o.override_replace or o.override_replace_local:
                 replaced = o.override_replace + o.override_replace_local
                 rows.append(("ReplacedBasePackages", " ".join(replaced)))
@@ -383,3 +393,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     for name, version, summary in found:
         print(f"{name} {version}: {summary}")
     return 0
+
+
+def cmd_initramfs(args: argparse.Namespace) -> int:
+    if args.arg and args.enable is not True:
+        raise UsageError("initramfs: --arg needs --enable")
+    return _print(_client(args).initramfs(enable=args.enable, args=args.arg), args)

@@ -49,6 +49,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from apt_ostree.accounts import install_unit as install_accounts_unit
 from apt_ostree.compose.initramfs import prepare_kernel
 from apt_ostree.errors import CommandError, PostprocessError
 from apt_ostree.progress import Progress
@@ -202,6 +203,8 @@ def _convert(
     enable_units(rootfs, options.units, options.default_target)
     _check_no_escape(rootfs)  # again: the scripts may have made links
     prepare_kernel(rootfs, options.initramfs_args, progress, keep_initramfs=foreign)
+    if (rootfs / "usr/lib/systemd/system").is_dir():
+        install_accounts_unit(rootfs)
     progress.message("    converting to the OSTree layout")
     move_sysimage(rootfs)
     drop_machine_state(rootfs, machineid_compat=options.machineid_compat)

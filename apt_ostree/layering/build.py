@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from apt_ostree import keys, ostree
+from apt_ostree.compose.initramfs import MODULES, dracut_argv, find_kernel
+from apt_ostree.errors import CommandError, LayeringError
 from apt_ostree.layering import LayerPlan, LayerRequest
 from apt_ostree.origin import Origin
 from apt_ostree.progress import Progress
+from apt_ostree.sandbox import Bind, run_in_tree
 
 STATUS = "usr/lib/sysimage/dpkg/status"
 ARCH = "usr/lib/sysimage/dpkg/arch"
@@ -96,6 +99,26 @@ def build(
     refresh: bool = True,
 ) -> tuple[str, LayerPlan]:
     """The commit to deploy for `origin` on `base`: `base` itself when nothing is layered."""
+    checksum, plan = _layer(sysroot, osname, base, origin, deployment=deployment,
+                            progress=progress, allow_inactive=allow_inactive,
+                            recommends=recommends, refresh=refresh)  # fmt: skip
+    if origin.regenerate_initramfs:
+        checksum = regenerate_initramfs(sysroot, checksum, origin, progress=progress)
+    return checksum, plan
+
+
+def _layer(
+    sysroot: ostree.Sysroot,
+    osname: str,
+    base: str,
+    origin: Origin,
+    *,
+    deployment: Path | None,
+    progress: Progress,
+    allow_inactive: bool,
+    recommends: bool,
+    refresh: bool,
+) -> tuple[str, LayerPlan]:
     request = request_of(origin, local_dir(sysroot.path, osname), recommends=recommends)
     if request.is_empty():
         return base, LayerPlan()
@@ -160,3 +183,62 @@ def refresh(
 
     with resolution_root(sysroot.repo, base, deployment) as root:
         resolve_refresh(root, cachedir=cache_dir(sysroot.path, osname), progress=progress)
+
+
+def regenerate_initramfs(
+    sysroot: ostree.Sysroot, commit: str, origin: Origin, *, progress: Progress
+) -> str:
+    """A commit of `commit` with its initramfs rebuilt by the tree's own dracut, with the
+    origin's arguments (`initramfs --enable --arg ...`). dracut runs in bubblewrap on the
+    hardlinked checkout bound read-only (its files are the repository's objects) and writes
+    to a scratch folder; only the new initramfs.img is committed on top."""
+    repo = sysroot.repo
+    workdir = Path(
+        tempfile.mkdtemp(prefix="apt-ostree-initramfs-", dir=sysroot.path / "ostree/repo/tmp")
+    )
+    try:
+        tree, out = workdir / "tree", workdir / "out"
+        ostree.checkout_hardlinked(repo, commit, tree)
+        kernel = find_kernel(tree)
+        if kernel is None:
+            raise LayeringError("the deployment has no kernel in /usr/lib/modules to build for")
+        target = out / MODULES / kernel.version
+        target.mkdir(parents=True)
+        argv = dracut_argv(kernel.version, origin.initramfs_args)
+        argv[-2] = "/run/apt-ostree-initramfs/initramfs.img"
+        with progress.step(f"Generating the initramfs of {kernel.version}"):
+            try:
+                run_in_tree(
+                    tree,
+                    argv,
+                    binds=(
+                        Bind(tree / "usr/etc", "/etc", readonly=True),
+                        Bind(target, "/run/apt-ostree-initramfs"),
+                    ),
+                    readonly=True,
+                    what="dracut",
+                )
+            except CommandError as e:
+                raise LayeringError(f"dracut failed: {e}") from e
+        (target / "initramfs.img").chmod(0o644)
+        info = ostree.read_commit(repo, commit)
+        with progress.step("Writing the commit"):
+            return ostree.commit_on_base(
+                repo,
+                commit,
+                out,
+                remove=(),
+                subject="apt-ostree: regenerated initramfs",
+                metadata={
+                    **info.metadata,
+                    keys.BASE_CHECKSUM: info.metadata.get(keys.BASE_CHECKSUM, commit),
+                    keys.CLIENTLAYER: True,
+                },
+                timestamp=info.timestamp,
+            )
+    finally:
+        remove_checkout(workdir)
+
+
+def remove_checkout(workdir: Path) -> None:
+    shutil.rmtree(workdir, ignore_errors=True)

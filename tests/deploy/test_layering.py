@@ -230,3 +230,59 @@ def test_db_diff_shows_layered_changes_and_search(layered: Layered) -> None:
     assert "htop-aot 3.2" in found
     doc = json.loads(ok("status", *layered.args(), "--json").stdout)
     assert doc["deployments"][0]["packages"] == ["htop-aot"]
+
+
+def test_users_from_scripts_reach_an_edited_etc_passwd(layered: Layered, tmp_path: Path) -> None:
+    """The admin added a user (so libostree's merge keeps their /etc/passwd as it is); a
+    layered package's script adds a system account: the new deployment has both."""
+    root = layered.deployment()
+    for db, line in (("passwd", "localadmin:x:1500:1500::/home/localadmin:/bin/sh"),
+                     ("group", "localadmin:x:1500:")):  # fmt: skip
+        with (root / "etc" / db).open("a") as f:
+            f.write(line + "\n")
+    deb = build_deb(
+        DebSpec(
+            name="svc-aot",
+            # what adduser --system does to the account files, without needing adduser
+            postinst=(
+                "#!/bin/sh\nset -e\n"
+                "grep -q '^svcaot:' /etc/passwd || "
+                "echo 'svcaot:x:990:990::/nonexistent:/usr/sbin/nologin' >> /etc/passwd\n"
+                "grep -q '^svcaot:' /etc/group || echo 'svcaot:x:990:' >> /etc/group\n"
+            ),
+        ),
+        tmp_path,
+    )
+    result = ok("install", *layered.args(), str(deb))
+    assert "svcaot" in result.stderr  # said what it added
+    new = layered.deployment()
+    passwd = (new / "etc/passwd").read_text()
+    assert "localadmin:x:1500" in passwd and "svcaot:x:990" in passwd
+    assert "svcaot:x:990:" in (new / "etc/group").read_text()
+    # and the boot-time merge is in the image for staged deployments
+    assert (
+        new / "usr/lib/systemd/system/sysinit.target.wants/apt-ostree-accounts.service"
+    ).exists()
+
+
+def test_initramfs_regenerated_on_the_client_and_kept_across_upgrades(layered: Layered) -> None:
+    kver = layered.machine.served.images.kernel_version
+    ok("initramfs", *layered.args(), "--enable", "--arg", "--add-drivers", "--arg", "virtio_blk")
+    new = layered.machine.status()[0]
+    assert new["regenerate-initramfs"] is True
+    assert new["initramfs-args"] == ["--add-drivers", "virtio_blk"]
+    image = layered.deployment() / f"usr/lib/modules/{kver}/initramfs.img"
+    assert "--add-drivers virtio_blk" in image.read_text()  # the test dracut records its args
+    assert "Initramfs regeneration: enabled" in ok("initramfs", *layered.args()).stdout
+    ok("upgrade", *layered.args())
+    upgraded = layered.deployment() / f"usr/lib/modules/{kver}/initramfs.img"
+    assert "--add-drivers virtio_blk" in upgraded.read_text()
+    assert layered.machine.status()[0]["version"] == "1.1"
+    ok("initramfs", *layered.args(), "--disable")
+    assert (
+        "--add-drivers"
+        not in (layered.deployment() / f"usr/lib/modules/{kver}/initramfs.img").read_text()
+    )
+    bad = cli("initramfs", *layered.args(), "--disable")
+    assert bad.returncode == 1 and "not enabled" in bad.error_line
+    layered.machine.fsck()

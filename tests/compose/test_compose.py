@@ -11,47 +11,26 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support import sysroots
 from tests.support.aptrepo import AptRepo, make_gpg_key
 from tests.support.debian import SUITE, fetch_debian_debs
 from tests.support.debs import DebSpec
 from tests.support.httpd import serve_directory
+from tests.support.sysroots import Result
 
 pytestmark = [pytest.mark.slow]
 
 EPOCH = "1700000000"
-APT_OSTREE = [sys.executable, "-m", "apt_ostree.cli.main"]
-
-
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def error_line(self) -> str:
-        lines = [line for line in self.stderr.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1, self.stderr
-        return lines[0]
 
 
 def cli(*args: str | Path, env: dict[str, str] | None = None) -> Result:
-    proc = subprocess.run(
-        [*APT_OSTREE, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH, **(env or {})},
-        check=False,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    return sysroots.cli(*args, env={"SOURCE_DATE_EPOCH": EPOCH, **(env or {})})
 
 
 def ostree(repo: Path, *args: str) -> str:

@@ -17,7 +17,6 @@ import pytest
 
 from tests.compose.test_compose import (
     TEST_DEBS,
-    Result,
     cli,
     hello,
     ostree,
@@ -27,6 +26,7 @@ from tests.compose.test_compose import (
 from tests.support.aptrepo import AptRepo, GpgKey, make_gpg_key
 from tests.support.debian import SUITE, fetch_debian_debs
 from tests.support.httpd import Server, ServerStats
+from tests.support.sysroots import Result
 
 pytestmark = [pytest.mark.slow]
 

@@ -267,7 +267,7 @@ def test_users_from_scripts_reach_an_edited_etc_passwd(layered: Layered, tmp_pat
 
 def test_initramfs_regenerated_on_the_client_and_kept_across_upgrades(layered: Layered) -> None:
     kver = layered.machine.served.images.kernel_version
-    ok("initramfs", *layered.args(), "--enable", "--arg", "--add-drivers", "--arg", "virtio_blk")
+    ok("initramfs", *layered.args(), "--enable", "--arg=--add-drivers", "--arg=virtio_blk")
     new = layered.machine.status()[0]
     assert new["regenerate-initramfs"] is True
     assert new["initramfs-args"] == ["--add-drivers", "virtio_blk"]

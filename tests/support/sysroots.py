@@ -4,6 +4,7 @@ images, and machines made from a template sysroot (tests/deploy/conftest.py has 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -28,9 +29,14 @@ class Result:
         return lines[0]
 
 
-def cli(*args: str | Path) -> Result:
+def cli(*args: str | Path, env: dict[str, str] | None = None) -> Result:
+    """Run `apt-ostree ARGS` as a user does; `env` adds to the environment."""
     proc = subprocess.run(
-        [*APT_OSTREE, *map(str, args)], capture_output=True, text=True, check=False
+        [*APT_OSTREE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env} if env else None,
+        check=False,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 

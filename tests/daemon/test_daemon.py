@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from apt_ostree.daemon.introspection import interfaces_xml, members
 from tests.daemon.bus import (
+    DATA,
     DENIED_USER,
     GRANTED_USER,
     Daemon,
@@ -24,7 +27,8 @@ from tests.daemon.bus import (
     run_client,
     wait_for,
 )
-from tests.support.sysroots import Machine, ok
+from tests.support.images import remove_sysroot
+from tests.support.sysroots import Machine, cli, ok
 
 pytestmark = [pytest.mark.slow]
 
@@ -118,8 +122,6 @@ def test_unprivileged_users_read_but_change_only_through_polkit(
 def test_bad_input_from_the_bus_is_refused(
     bus: PrivateBus, daemon: Daemon, machine: Machine
 ) -> None:
-    import subprocess
-
     def call(method: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["gdbus", "call", "--system", "--dest", "org.aptostree.AptOstree1",
@@ -164,6 +166,11 @@ def test_daemon_killed_mid_transaction_leaves_the_sysroot_consistent(
     assert upgraded.returncode == 0, upgraded.stderr
     assert machine.versions() == ["1.1", "1.0"]
     machine.fsck()
+
+
+def _steps(stderr: str) -> list[str]:
+    """Step titles and errors: what a user reads, without timings and transfer rates."""
+    return [line for line in stderr.splitlines() if not line.startswith(" ")]
 
 
 def _workers(sysroot: Path) -> list[int]:
@@ -228,3 +235,91 @@ def test_config_errors_are_refused_on_reload(
     assert "AutomaticUpdatePolicy=sometimes: expected none, check or stage" in result.stderr
     assert get_property(bus, "AutomaticUpdatePolicy") == "none"
     assert daemon.proc.poll() is None
+
+
+def test_introspection_matches_data_xml(bus: PrivateBus, daemon: Daemon) -> None:
+    shipped = (DATA / "org.aptostree.AptOstree1.xml").read_text()
+    assert shipped == interfaces_xml(), "run: python -m apt_ostree.daemon.introspection"
+    expected = members(shipped)
+    for path, iface in (
+        ("/org/aptostree/AptOstree1/Sysroot", "Sysroot"),
+        ("/org/aptostree/AptOstree1/OS/test", "OS"),
+    ):
+        live = subprocess.run(
+            ["gdbus", "introspect", "--system", "--xml", "--dest", "org.aptostree.AptOstree1",
+             "--object-path", path],
+            env=bus.env(), capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        name = f"org.aptostree.AptOstree1.{iface}"
+        assert members(live)[name] == expected[name]
+
+
+def test_a_client_gone_before_start_does_not_hold_the_daemon(
+    bus: PrivateBus, daemon: Daemon, machine: Machine
+) -> None:
+    # gdbus calls Upgrade and leaves: the transaction is never started, and goes with it
+    subprocess.run(
+        ["gdbus", "call", "--system", "--dest", "org.aptostree.AptOstree1",
+         "--object-path", "/org/aptostree/AptOstree1/OS/test",
+         "--method", "org.aptostree.AptOstree1.OS.Upgrade", "{}"],
+        env=bus.env(), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    wait_for(lambda: get_property(bus, "ActiveTransaction") == ("", "", ""), "the drop")
+    assert machine.versions() == ["1.0"]
+    assert run_client(bus, "upgrade").returncode == 0
+
+
+def test_a_client_killed_mid_transaction_leaves_it_running(
+    bus: PrivateBus, daemon: Daemon, machine: Machine
+) -> None:
+    machine.served.server.throttle(20_000)
+    first = Running(bus, "upgrade")
+    first.wait_for_stderr("==> Pulling")
+    first.proc.kill()
+    first.proc.wait()
+    wait_for(lambda: get_property(bus, "ActiveTransaction") == ("", "", ""), "the end", 60)
+    assert machine.versions() == ["1.1", "1.0"]
+
+
+def test_lock_layering_refuses_package_changes(
+    bus: PrivateBus, daemon: Daemon, machine: Machine, daemon_config: Path
+) -> None:
+    daemon_config.write_text("[Daemon]\nIdleExitTimeout=0\nLockLayering=true\n")
+    assert run_client(bus, "reload").returncode == 0
+    result = run_client(bus, "install", "hello")
+    assert result.returncode == 2
+    assert "LockLayering is set" in result.stderr
+    assert machine.versions() == ["1.0"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rollback"],
+        ["kargs", "--append=quiet"],
+        ["kargs"],
+        ["deploy", "1.1"],
+        ["rebase", "origin:test/other"],
+        ["upgrade", "--preview"],
+        ["upgrade", "--download-only"],
+        ["cleanup", "-r"],
+        ["finalize-deployment"],
+    ],
+)
+def test_verbs_give_the_same_results_through_the_daemon(
+    bus: PrivateBus, daemon: Daemon, machine: Machine, tmp_path: Path, argv: list[str]
+) -> None:
+    twin = tmp_path / "twin"
+    subprocess.run(["cp", "-a", str(machine.path), str(twin)], check=True)
+    try:
+        ok("kargs", "--sysroot", twin, "--append=x")  # a second deployment, for rollback/cleanup
+        assert run_client(bus, "kargs", "--append=x").returncode == 0
+        through = run_client(bus, *argv)
+        local = cli(argv[0], "--sysroot", twin, *argv[1:])
+        assert (through.returncode, through.stdout) == (local.returncode, local.stdout)
+        assert _steps(through.stderr) == _steps(local.stderr)
+        assert ok("status", "--sysroot", twin, "--json").stdout == ok(
+            "status", *machine.args(), "--json"
+        ).stdout.replace(str(machine.path), str(twin))
+    finally:
+        remove_sysroot(twin)

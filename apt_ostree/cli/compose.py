@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from apt_ostree import treefile as treefile_mod
+from apt_ostree.compose import image as image_mod
 from apt_ostree.compose.commit import CommitRootfsOptions, commit_rootfs
 from apt_ostree.compose.tree import (
     DEFAULT_CACHEDIR,
@@ -80,6 +81,7 @@ def register(verbs: Any) -> None:
     )
     commit.add_argument("--cachedir", type=Path, default=DEFAULT_CACHEDIR)
     commit.set_defaults(func=cmd_commit)
+    _register_image(sub)
 
 
 def _signing_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -211,4 +213,67 @@ def cmd_commit(args: argparse.Namespace) -> int:
     print(f"  ref:      {args.branch}")
     print(f"  packages: {result.packages}")
     print(f"  size:     {human_size(result.size)}")
+    return 0
+
+
+def _register_image(sub: Any) -> None:
+    image = sub.add_parser("image", help="a bootable disk image from a commit")
+    image.add_argument("output", type=Path, metavar="OUTPUT")
+    image.add_argument("--repo", type=Path, required=True, help="the OSTree repository")
+    image.add_argument("--ref", required=True, help="the ref (or checksum) to deploy")
+    image.add_argument("--format", choices=[f.value for f in image_mod.ImageFormat], default="raw")
+    image.add_argument("--size", default="4G", help="disk size (default 4G, sparse)")
+    image.add_argument(
+        "--karg", action="append", default=[], metavar="ARG", help="a kernel argument (repeat)"
+    )
+    image.add_argument(
+        "--remote", metavar="NAME=URL", help="the remote the booted machine upgrades from"
+    )
+    verify = image.add_mutually_exclusive_group()
+    verify.add_argument("--gpg-import", type=Path, metavar="KEYRING", help="the remote's GPG keys")
+    verify.add_argument(
+        "--no-gpg-verify", action="store_true", help="no signature checks for the remote"
+    )
+    image.add_argument(
+        "--bootloader",
+        choices=[b.value for b in image_mod.Bootloader],
+        default=image_mod.Bootloader.SYSTEMD_BOOT.value,
+    )
+    image.add_argument("--osname", default="debian", help="the stateroot (default debian)")
+    image.add_argument(
+        "--cachedir",
+        type=Path,
+        default=image_mod.DEFAULT_CACHEDIR,
+        help=f"where the EFI ext4 driver is kept (default {image_mod.DEFAULT_CACHEDIR})",
+    )
+    image.set_defaults(func=cmd_image)
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    remote = None
+    if args.remote is not None:
+        name, sep, url = args.remote.partition("=")
+        if not sep or not name or not url:
+            raise UsageError(f"--remote: expected NAME=URL, got {args.remote!r}")
+        if args.gpg_import is None and not args.no_gpg_verify:
+            raise UsageError("--remote needs --gpg-import KEYRING or --no-gpg-verify")
+        remote = image_mod.UpdateRemote(name, url, args.gpg_import)
+    options = image_mod.ImageOptions(
+        repo=args.repo.absolute(),
+        ref=args.ref,
+        output=args.output.absolute(),
+        format=image_mod.ImageFormat(args.format),
+        size=image_mod.parse_size(args.size),
+        kargs=tuple(args.karg),
+        remote=remote,
+        bootloader=image_mod.Bootloader(args.bootloader),
+        osname=args.osname,
+        cachedir=args.cachedir.absolute(),
+    )
+    result = image_mod.build_image(options, TerminalProgress(sys.stderr))
+    print(f"Wrote {result.output}")
+    print(f"  commit:  {result.checksum}")
+    print(f"  version: {result.version or '(none)'}")
+    print(f"  size:    {human_size(options.size)} disk, {human_size(result.file_size)} on disk")
+    print(f"  kargs:   {' '.join(result.kargs)}")
     return 0

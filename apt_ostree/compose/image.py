@@ -1,0 +1,421 @@
+"""`apt-ostree compose image`: a bootable GPT disk image from a composed commit.
+
+The layout follows ../shared/notes/booting.md (what boots on Debian 12's libostree 2022.7):
+
+| # | partition | type | content |
+| - | --- | --- | --- |
+| 1 | BIOS boot, 1 MiB | `ef02` | GRUB's core image (`--bootloader grub`) |
+| 2 | EFI system partition, FAT | `ef00` | systemd-boot and rEFInd's ext4 driver |
+| 3 | /boot, ext4, label `boot` | XBOOTLDR | libostree's BLS entries, kernels, initramfs |
+| 4 | root, ext4, label `root` | Linux x86-64 root | the sysroot: `ostree/repo`, `ostree/deploy` |
+
+/boot is its own ext4 partition because libostree swaps `/boot/loader` as a symlink, which
+FAT cannot hold; libostree 2022.7 then writes entry paths relative to that partition, which is
+what systemd-boot (XBOOTLDR, read through rEFInd's ext4 driver) and GRUB both want.
+
+Nothing is mounted and no loop device is used: the sysroot is deployed by libostree into a
+scratch folder, each ext4 filesystem is written from a folder straight into its partition of the
+image file (`mke2fs -d` with `-E offset=`; hard links are kept, so the deployment's files still
+share their inodes with the sysroot repository), the ESP is formatted at its offset
+(`mkfs.fat --offset`) and filled with mtools (`-i IMAGE@@OFFSET`). So a failure leaves nothing
+behind but the scratch folder and the partial output, both removed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from apt_ostree import ostree
+from apt_ostree.deployments import remove_tree
+from apt_ostree.errors import AptOstreeError, UsageError
+from apt_ostree.origin import Origin, Refspec
+from apt_ostree.progress import Progress, human_size
+from apt_ostree.run import run
+
+MIB = 1024 * 1024
+SECTOR = 512
+
+# GPT partition type GUIDs (UEFI spec; the Discoverable Partitions Specification of systemd)
+BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+XBOOTLDR_TYPE = "BC13C2FF-59E6-4262-A352-B275FD6F7172"
+ROOT_X86_64_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+
+BOOT_LABEL = "boot"
+ROOT_LABEL = "root"
+ESP_LABEL = "ESP"
+
+SYSTEMD_BOOT_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+# rEFInd's read-only ext4 driver: systemd-boot loads every \EFI\systemd\drivers\*x64.efi
+REFIND_EXT4_DRIVER = "usr/share/refind/refind/drivers_x64/ext4_x64.efi"
+DEFAULT_CACHEDIR = Path("/var/cache/apt-ostree/image")
+
+
+class ImageError(AptOstreeError):
+    """A disk image could not be built."""
+
+    dbus_name = "ImageFailed"
+
+
+class Bootloader(StrEnum):
+    SYSTEMD_BOOT = "systemd-boot"
+    GRUB = "grub"
+
+
+class ImageFormat(StrEnum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+
+
+@dataclass(frozen=True)
+class UpdateRemote:
+    """The remote the booted machine upgrades from (written into the image's sysroot repo)."""
+
+    name: str
+    url: str
+    gpg_keyring: Path | None = None  # None: no signature checks (--no-gpg-verify)
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    repo: Path
+    ref: str
+    output: Path
+    format: ImageFormat = ImageFormat.RAW
+    size: int = 4096 * MIB
+    boot_size: int = 512 * MIB
+    esp_size: int = 256 * MIB
+    kargs: tuple[str, ...] = ()
+    remote: UpdateRemote | None = None
+    bootloader: Bootloader = Bootloader.SYSTEMD_BOOT
+    osname: str = "debian"
+    # machine-local files written into the deployment's /etc (path under /etc -> content),
+    # for provisioning (a network config, a unit): they are /etc edits, kept by upgrades
+    etc_files: Mapping[str, bytes] = field(default_factory=dict)
+    cachedir: Path = DEFAULT_CACHEDIR
+
+
+@dataclass(frozen=True)
+class Partition:
+    number: int
+    start: int  # bytes
+    size: int  # bytes
+    type_guid: str
+    name: str
+
+    @property
+    def end_sector(self) -> int:
+        return (self.start + self.size) // SECTOR - 1
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    output: Path
+    checksum: str
+    version: str | None
+    file_size: int  # bytes the output takes on disk
+    kargs: tuple[str, ...]
+
+
+def parse_size(text: str) -> int:
+    """`4G`, `4096M`, `512MiB`, `1.5G` or plain bytes -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise UsageError(f"--size: expected a size such as 4G or 4096M, got {text!r}")
+    power = " KMGT".index(m.group(2).upper() or " ")
+    return int(float(m.group(1)) * 1024**power)
+
+
+def layout(opts: ImageOptions) -> list[Partition]:
+    """Partitions aligned to 1 MiB; the root takes the rest up to GPT's backup header."""
+    parts: list[Partition] = []
+    start = MIB
+    for number, (size, guid, name) in enumerate(
+        [
+            (MIB, BIOS_BOOT_TYPE, "bios"),
+            (opts.esp_size, ESP_TYPE, "esp"),
+            (opts.boot_size, XBOOTLDR_TYPE, "boot"),
+        ],
+        start=1,
+    ):
+        parts.append(Partition(number, start, size, guid, name))
+        start += size
+    root_size = opts.size - start - MIB  # leave the last MiB to the backup GPT
+    if root_size < 256 * MIB:
+        raise UsageError(f"--size {human_size(opts.size)} leaves no room for the root filesystem")
+    parts.append(Partition(4, start, root_size, ROOT_X86_64_TYPE, "root"))
+    return parts
+
+
+def default_kargs(extra: Sequence[str]) -> tuple[str, ...]:
+    """The root by label (no UUIDs to track), and the serial console last: it is /dev/console."""
+    return (f"root=LABEL={ROOT_LABEL}", "rw", "console=tty0", "console=ttyS0,115200", *extra)
+
+
+def fstab_text(existing: str) -> str:
+    """The deployment's /etc/fstab: /boot mounted (the guest's libostree writes entries there)."""
+    lines = [
+        line for line in existing.splitlines() if line.strip() and "UNCONFIGURED FSTAB" not in line
+    ]
+    if not any(len(line.split()) > 1 and line.split()[1] == "/boot" for line in lines):
+        lines.append(f"LABEL={BOOT_LABEL} /boot ext4 defaults 0 2")
+    return "\n".join(lines) + "\n"
+
+
+def build_image(opts: ImageOptions, progress: Progress) -> ImageResult:
+    """Build `opts.output`; on any failure the output and every scratch file are removed."""
+    _check(opts)
+    parts = layout(opts)
+    with _scratch() as scratch:
+        raw = scratch / "disk.raw" if opts.format is ImageFormat.QCOW2 else _partial(opts.output)
+        try:
+            result = _build(opts, parts, scratch, raw, progress)
+        except BaseException:
+            raw.unlink(missing_ok=True)
+            raise
+    return result
+
+
+def _partial(output: Path) -> Path:
+    return output.with_name(f".{output.name}.partial")
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="apt-ostree-image-"))
+    try:
+        yield path
+    finally:
+        remove_tree(path / "sysroot")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _check(opts: ImageOptions) -> None:
+    if opts.output.exists():
+        raise UsageError(f"{opts.output} exists already")
+    if not opts.output.parent.is_dir():
+        raise UsageError(f"{opts.output.parent} is not a folder")
+    if not (opts.repo / "config").is_file():
+        raise UsageError(f"{opts.repo} is not an OSTree repository")
+    if ostree.resolve_ref(ostree.open_repo(opts.repo), opts.ref) is None:
+        raise UsageError(f"{opts.ref}: no such ref in {opts.repo}")
+    if opts.bootloader is Bootloader.GRUB:
+        raise UsageError("--bootloader grub is not implemented yet: use systemd-boot")
+    for path in opts.etc_files:
+        if path.startswith("/") or ".." in Path(path).parts:
+            raise UsageError(f"etc file {path!r}: expected a path relative to /etc")
+
+
+def _build(
+    opts: ImageOptions, parts: list[Partition], scratch: Path, raw: Path, progress: Progress
+) -> ImageResult:
+    driver = ext4_driver(opts.cachedir, progress)
+    kargs = default_kargs(opts.kargs)
+    checksum = _deploy(opts, scratch / "sysroot", kargs, progress)
+    boot = scratch / "boot"
+    (scratch / "sysroot" / "boot").rename(boot)
+    (scratch / "sysroot" / "boot").mkdir()
+    _check_fits(scratch / "sysroot", parts[3], "the sysroot")
+    _check_fits(boot, parts[2], "/boot")
+    write_disk(raw, opts.size, parts, scratch / "sysroot", boot, driver, progress)
+    if opts.format is ImageFormat.QCOW2:
+        with progress.step("Converting to qcow2"):
+            partial = _partial(opts.output)
+            try:
+                run(["qemu-img", "convert", "-O", "qcow2", raw, partial], what="qemu-img convert")
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            raw = partial
+    raw.rename(opts.output)
+    info = ostree.read_commit(ostree.open_repo(opts.repo), checksum)
+    used = os.stat(opts.output).st_blocks * 512
+    return ImageResult(opts.output, checksum, info.version, used, kargs)
+
+
+def write_disk(
+    raw: Path,
+    size: int,
+    parts: Sequence[Partition],
+    root: Path,
+    boot: Path,
+    driver: Path,
+    progress: Progress,
+) -> None:
+    """Write the GPT disk `raw`: partitions of `layout()`, the ESP with systemd-boot, and the
+    folders `boot` and `root` as the XBOOTLDR and root ext4 filesystems."""
+    with progress.step("Partitioning"):
+        _partition(raw, size, parts)
+    with progress.step("Writing the EFI system partition (systemd-boot)"):
+        _write_esp(raw, parts[1], driver)
+    with progress.step("Writing /boot (ext4, XBOOTLDR)"):
+        _mkfs_ext4(raw, parts[2], BOOT_LABEL, boot)
+    with progress.step("Writing the root filesystem (ext4)"):
+        _mkfs_ext4(raw, parts[3], ROOT_LABEL, root)
+
+
+def _deploy(opts: ImageOptions, path: Path, kargs: Sequence[str], progress: Progress) -> str:
+    with progress.step(f"Deploying {opts.ref} into a scratch sysroot"):
+        sysroot = ostree.Sysroot.initialize(path, opts.osname)
+        remote = opts.remote
+        if remote is not None:
+            ostree.add_remote(
+                sysroot.repo,
+                remote.name,
+                remote.url,
+                gpg_verify=remote.gpg_keyring is not None,
+                gpg_keyring=remote.gpg_keyring,
+            )
+        repo = sysroot.repo
+        checksum = ostree.pull_local(
+            repo, opts.repo, opts.ref, remote=remote.name if remote else None
+        )
+        origin = Origin(Refspec(remote.name if remote else None, opts.ref)).to_text()
+        with sysroot.locked():
+            sysroot.deploy(opts.osname, checksum, origin, merge=None, kargs=kargs, stage=False)
+        deployment = sysroot.deployments()[0]
+        _write_etc(deployment.path / "etc", opts.etc_files)
+    return checksum
+
+
+def _write_etc(etc: Path, files: Mapping[str, bytes]) -> None:
+    fstab = etc / "fstab"
+    fstab.write_text(fstab_text(fstab.read_text() if fstab.exists() else ""))
+    for name, content in files.items():
+        target = etc / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink():
+            target.unlink()
+        target.write_bytes(content)
+
+
+def _du(path: Path) -> int:
+    """Bytes of the files under `path`, each inode once (hard links share their blocks)."""
+    seen: set[int] = set()
+    total = 0
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            st = os.lstat(os.path.join(root, name))
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_blocks * 512
+    return total
+
+
+def _check_fits(folder: Path, part: Partition, what: str) -> None:
+    # ext4's own metadata (inode tables, journal) takes about a tenth at these sizes
+    need = _du(folder)
+    if need > part.size * 0.85:
+        raise UsageError(
+            f"{what} needs {human_size(need)} but its partition has {human_size(part.size)}:"
+            " make the image larger (--size)"
+        )
+
+
+def _partition(raw: Path, size: int, parts: Sequence[Partition]) -> None:
+    with raw.open("wb") as f:
+        f.truncate(size)  # sparse
+    argv: list[str | Path] = ["sgdisk", "--zap-all"]
+    for p in parts:
+        argv += [
+            f"--new={p.number}:{p.start // SECTOR}:{p.end_sector}",
+            f"--typecode={p.number}:{p.type_guid}",
+            f"--change-name={p.number}:{p.name}",
+        ]
+    run([*argv, raw], what="sgdisk")
+
+
+def _write_esp(raw: Path, esp: Partition, driver: Path) -> None:
+    # mkfs.fat's size argument is in KiB; --offset in sectors
+    run(
+        [
+            "mkfs.fat",
+            "-F",
+            "32",
+            "-s",
+            "1",
+            "-n",
+            ESP_LABEL,
+            "--offset",
+            str(esp.start // SECTOR),
+            raw,
+            str(esp.size // 1024),
+        ],
+        what="mkfs.fat",
+    )
+    image = f"{raw}@@{esp.start}"
+    for folder in (
+        "::/EFI",
+        "::/EFI/BOOT",
+        "::/EFI/systemd",
+        "::/EFI/systemd/drivers",
+        "::/loader",
+    ):
+        run(["mmd", "-i", image, folder], what="mmd")
+    with tempfile.TemporaryDirectory(prefix="apt-ostree-esp-") as tmp:
+        conf = Path(tmp) / "loader.conf"
+        # the default entry is libostree's default deployment: it has the highest version
+        conf.write_text("timeout 0\nconsole-mode keep\neditor no\n")
+        copies = [
+            (SYSTEMD_BOOT_EFI, "::/EFI/BOOT/BOOTX64.EFI"),  # the removable-media path
+            (SYSTEMD_BOOT_EFI, "::/EFI/systemd/systemd-bootx64.efi"),
+            (driver, "::/EFI/systemd/drivers/ext4_x64.efi"),
+            (conf, "::/loader/loader.conf"),
+        ]
+        for source, dest in copies:
+            run(["mcopy", "-i", image, source, dest], what="mcopy")
+
+
+def _mkfs_ext4(raw: Path, part: Partition, label: str, content: Path) -> None:
+    run(
+        [
+            "mke2fs",
+            "-q",
+            "-t",
+            "ext4",
+            "-L",
+            label,
+            "-d",
+            content,
+            "-E",
+            f"offset={part.start}",
+            raw,
+            f"{part.size // 1024}k",
+        ],
+        env={"MKE2FS_DEVICE_SECTSIZE": str(SECTOR)},
+        what=f"mke2fs ({label})",
+    )
+
+
+def ext4_driver(cachedir: Path, progress: Progress) -> Path:
+    """rEFInd's ext4 EFI driver: from an installed refind, else extracted from its .deb.
+
+    The refind package is never installed here (its postinst would set up a loader on this
+    machine): `apt-get download` fetches it through the host's apt sources, `dpkg-deb -x`
+    unpacks it into the cache.
+    """
+    installed = Path("/") / REFIND_EXT4_DRIVER
+    if installed.is_file():
+        return installed
+    folder = cachedir / "refind"
+    driver = folder / "root" / REFIND_EXT4_DRIVER
+    if driver.is_file():
+        return driver
+    with progress.step("Fetching rEFInd's ext4 driver (the refind .deb, not installed)"):
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("refind_*.deb"):
+            old.unlink()
+        run(["apt-get", "download", "refind"], cwd=folder, what="apt-get download refind")
+        deb = next(folder.glob("refind_*.deb"))
+        run(["dpkg-deb", "-x", deb, folder / "root"], what="dpkg-deb -x")
+    if not driver.is_file():
+        raise ImageError(f"the refind package has no {REFIND_EXT4_DRIVER}")
+    return driver

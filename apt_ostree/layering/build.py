@@ -204,6 +204,9 @@ def regenerate_initramfs(
             raise LayeringError("the deployment has no kernel in /usr/lib/modules to build for")
         target = out / MODULES / kernel.version
         target.mkdir(parents=True)
+        # the commit has no /etc (it is /usr/etc): a mount point for bwrap's read-only root,
+        # made in this checkout's own folder (no object is touched)
+        (tree / "etc").mkdir(exist_ok=True)
         argv = dracut_argv(kernel.version, origin.initramfs_args)
         argv[-2] = "/run/apt-ostree-initramfs/initramfs.img"
         with progress.step(f"Generating the initramfs of {kernel.version}"):

@@ -37,7 +37,10 @@ UNIT_TEXT = f"""\
 [Unit]
 Description=Add the image's new users and groups to /etc
 DefaultDependencies=no
-After=local-fs.target
+# /etc is on the root filesystem: after it is writable, and not after local-fs.target, whose
+# /boot mount waits for udev, which itself starts after systemd-sysusers (a cycle that only
+# the device timeout would break)
+After=systemd-remount-fs.service
 Before=systemd-sysusers.service systemd-tmpfiles-setup.service sysinit.target
 ConditionPathExists=/usr/etc/passwd
 

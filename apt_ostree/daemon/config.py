@@ -4,7 +4,7 @@
     AutomaticUpdatePolicy=none|check|stage
     IdleExitTimeout=60      # seconds without a client or transaction; 0 never exits
     LockLayering=false      # refuse package layering and overrides
-    Recommends=true         # layering installs Recommends (apt's default)
+    Recommends=false        # layering installs Recommends (the layering code's default: no)
 
 A missing file means the defaults; a malformed one is refused with the key and what was
 expected, at start and on `reload` (which then keeps the previous settings).
@@ -42,7 +42,7 @@ class DaemonConfig:
     automatic_update_policy: Policy = Policy.NONE
     idle_exit_timeout: int = 60
     lock_layering: bool = False
-    recommends: bool = True
+    recommends: bool = False
 
 
 def _bool(path: Path, key: str, value: str) -> bool:
@@ -79,5 +79,5 @@ def load_config(path: Path) -> DaemonConfig:
         automatic_update_policy=Policy(policy),
         idle_exit_timeout=int(timeout),
         lock_layering=_bool(path, "LockLayering", s.get("LockLayering", "false")),
-        recommends=_bool(path, "Recommends", s.get("Recommends", "true")),
+        recommends=_bool(path, "Recommends", s.get("Recommends", "false")),
     )

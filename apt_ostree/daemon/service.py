@@ -121,7 +121,19 @@ class Daemon:
         self, verb: Verb, osname: str, positional: Sequence[Any], options: Mapping[str, Any]
     ) -> str:
         self.touch()
-        return run_in_process(worker_argv(verb, self.sysroot, osname, positional, options))
+        text = run_in_process(worker_argv(verb, self.sysroot, osname, positional, options))
+        if verb.method == "Status" and options.get("json"):
+            text = self._status_extras(text)
+        return text
+
+    def _status_extras(self, text: str) -> str:
+        """`status --json` through the daemon fills what only the daemon knows (rpm-ostree's
+        `transaction` and `cached-update` keys); null as in --sysroot mode otherwise."""
+        doc = json.loads(text)
+        t = self.active
+        doc["transaction"] = [t.title, str(t.caller), t.path] if t else None
+        doc["cached-update"] = json.loads(self.cached_update) if self.cached_update else None
+        return json.dumps(doc, indent=2) + "\n"
 
     # ---- transactions ----
 

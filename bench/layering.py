@@ -1,0 +1,436 @@
+"""Layering benchmark (issue 4): `install` against apt-get, image size, re-apply on upgrade.
+
+Images: examples/minimal.yaml plus a one-line stamp file (`add-files`, so a second version
+differs by one small file), and a large image: the same plus big documentation packages
+(LARGE_PACKAGES, many small files), about 3x the minimal tree in bytes and files. Both are
+composed into one archive repository, served on loopback HTTP, and deployed by `init` into
+folder sysroots. Neither treefile has `repos`: the images carry the host's Debian sources
+(mmdebstrap writes them), and the client resolves against the deployment's /etc/apt.
+
+1. `install htop` on the minimal image with its .debs already in the machine's cache
+   (a first install fills it; each round is `uninstall`, then the timed `install`), against
+   `apt-get install -y htop` in a plain Debian root made from the same commit (`ostree
+   checkout` with copies, /usr/etc moved to /etc, /var from the image's tmpfiles.d lines, the
+   apt lists and the same .debs copied in), run in bubblewrap without network.
+   Goal: apt-ostree <= 1.5x apt-get.
+2. The same `install htop` on the large image. Goal: large/minimal <= 1.2x.
+3. `upgrade` to a second version of the minimal base (stamp changed) re-applies htop.
+   Goal: no .deb downloaded (no "packages to download" in the output, the cache's files
+   unchanged: names, sizes, mtimes, inodes).
+
+Run as root: .venv/bin/python -m bench.layering [--rounds N] [--cachedir DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apt_ostree.deployments import remove_tree
+from bench.common import APT_OSTREE, ROOT, machine_line, write_section
+from bench.deploy import compose, deployments, init, mib, ostree
+from tests.support.httpd import serve_directory
+
+EPOCH = 1700000000
+PACKAGE = "htop"
+BINARY = "/usr/bin/htop"
+LARGE_PACKAGES = (
+    "openjdk-17-doc",
+    "python3.11-doc",
+    "fonts-noto-extra",
+    "fonts-noto-ui-extra",
+    "fonts-noto-cjk",
+)
+STAMP = "/usr/share/bench-layering/stamp"
+IMAGES = ("minimal", "large")
+STEP_RE = re.compile(r"^\s+(?P<title>.+): done in (?P<seconds>[\d.]+) s$")
+DOWNLOAD_RE = re.compile(r"^\s+downloading: (?P<done>[\d.]+ [kMG]?B) / (?P<total>[\d.]+ [kMG]?B)")
+TO_DOWNLOAD_RE = re.compile(r"^\s+(?P<n>\d+) packages to download \((?P<size>[^)]+)\)")
+UNITS = {"B": 1, "kB": 1000, "MB": 1000**2, "GB": 1000**3}
+
+
+# ---- helpers ----
+
+
+def size_of(text: str) -> float:
+    number, unit = text.split()
+    return float(number) * UNITS[unit]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed command: wall time, its output, and the step times apt-ostree printed."""
+
+    seconds: float
+    output: str
+    steps: dict[str, float] = field(default_factory=dict)
+
+    def step(self, prefix: str) -> float:
+        return sum(s for title, s in self.steps.items() if title.startswith(prefix))
+
+    def index_bytes(self) -> float:
+        """apt's own count of what the index refresh fetched (each completed run)."""
+        total, inside = 0.0, False
+        for line in self.output.splitlines():
+            if line.startswith("==> Updating package indices"):
+                inside = True
+            elif "Updating package indices: done" in line:
+                inside = False
+            elif inside and (m := DOWNLOAD_RE.match(line)) and m["done"] == m["total"]:
+                total += size_of(m["done"])
+        return total
+
+    def deb_bytes(self) -> float:
+        """What the output says was downloaded in .debs (apt-ostree prints nothing when all
+        were cached)."""
+        return sum(
+            size_of(m["size"])
+            for line in self.output.splitlines()
+            if (m := TO_DOWNLOAD_RE.match(line))
+        )
+
+
+def run_timed(label: str, argv: Sequence[str]) -> Run:
+    """Run argv to completion (after a sync, so earlier writes are not its to flush), time it,
+    keep its output; fail loudly with the output when it fails."""
+    os.sync()
+    start = time.monotonic()
+    proc = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    seconds = time.monotonic() - start
+    output = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise SystemExit(f"{label}: {argv[0]} exited {proc.returncode}\n{output[-3000:]}")
+    print(f"  {label}: {seconds:.1f} s", flush=True)
+    steps: dict[str, float] = {}
+    for line in output.splitlines():
+        if m := STEP_RE.match(line):
+            steps[m["title"]] = steps.get(m["title"], 0.0) + float(m["seconds"])
+    return Run(seconds, output, steps)
+
+
+def client(verb: str, sysroot: Path, *args: str) -> list[str]:
+    return [*APT_OSTREE, verb, "--sysroot", str(sysroot), *args]
+
+
+def tree_size(repo: Path, ref: str) -> tuple[int, int]:
+    """(files, bytes) of the regular files in a commit."""
+    files = total = 0
+    for line in ostree(repo, "ls", "-R", ref).splitlines():
+        fields = line.split()
+        if fields and fields[0].startswith("-"):
+            files += 1
+            total += int(fields[3])
+    return files, total
+
+
+def str_list(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def cache_dir(sysroot: Path) -> Path:
+    return sysroot / "ostree/deploy/bench/var/cache/apt-ostree"
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file under folder: size, mtime and inode."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            st = path.stat()
+            out[str(path.relative_to(folder))] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return out
+
+
+# ---- images ----
+
+
+def write_treefiles(work: Path, stamp: str) -> dict[str, Path]:
+    """minimal.yaml plus a stamp file, and the same plus LARGE_PACKAGES (no `repos`: the
+    host's sources are used and written into the images, no mirror named here)."""
+    shutil.copy(ROOT / "examples/minimal.yaml", work / "minimal.yaml")
+    (work / "stamp").write_text(stamp + "\n")
+    common = {"include": "minimal.yaml", "add-files": [["stamp", STAMP]]}
+    paths = {}
+    for name, extra in (("minimal", []), ("large", list(LARGE_PACKAGES))):
+        data = {**common, "ref": f"bench/{name}", "packages": extra}
+        paths[name] = work / f"{name}.json"
+        paths[name].write_text(json.dumps(data, indent=2))
+    return paths
+
+
+# ---- the baseline: apt-get in a plain Debian root ----
+
+
+def debian_root(sysroot: Path, commit: str, dest: Path) -> None:
+    """The commit as a normal Debian root for apt: copied files, /etc, /var, apt lists
+    (those apt-ostree fetched for the same sources) and the cached .debs."""
+    repo = sysroot / "ostree/repo"
+    subprocess.run(["ostree", f"--repo={repo}", "checkout", "-C", commit, str(dest)], check=True)
+    (dest / "usr/etc").rename(dest / "etc")
+    # the image's tmpfiles.d lines make /var as at boot (var/lib/dpkg -> the sysimage db)
+    subprocess.run(["systemd-tmpfiles", "--create", f"--root={dest}", "--prefix=/var"], check=True)
+    cache = cache_dir(sysroot)
+    lists = dest / "var/lib/apt/lists"
+    for f in cache.glob("apt/*/var/lib/apt/lists/*"):
+        if f.is_file() and f.name != "lock":
+            shutil.copy2(f, lists / f.name)
+    for deb in (cache / "archives").glob("*.deb"):
+        shutil.copy2(deb, dest / "var/cache/apt/archives" / deb.name)
+
+
+def apt_get_argv(root: Path) -> list[str]:
+    return [
+        "bwrap",
+        "--bind", str(root), "/",
+        "--proc", "/proc",
+        "--dev", "/dev",
+        "--tmpfs", "/tmp",
+        "--tmpfs", "/run",
+        "--unshare-net",
+        "--die-with-parent",
+        "--setenv", "DEBIAN_FRONTEND", "noninteractive",
+        "--setenv", "LC_ALL", "C.UTF-8",
+        "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin",
+        "apt-get", "install", "-y", PACKAGE,
+    ]  # fmt: skip
+
+
+def new_packages(apt_output: str) -> set[str]:
+    """The names apt-get lists under "The following NEW packages will be installed"."""
+    names: set[str] = set()
+    lines = iter(apt_output.splitlines())
+    for line in lines:
+        if line.startswith("The following NEW packages"):
+            for item in lines:
+                if not item.startswith("  "):
+                    break
+                names.update(item.split())
+    return names
+
+
+def baseline_round(work: Path, sysroot: Path, commit: str, label: str) -> Run:
+    root = work / "baseline-root"
+    shutil.rmtree(root, ignore_errors=True)
+    debian_root(sysroot, commit, root)
+    result = run_timed(label, apt_get_argv(root))
+    if "Need to get 0 B/" not in result.output:
+        raise SystemExit(f"{label} downloaded something:\n{result.output[-2000:]}")
+    cached = {d.name.split("_", 1)[0] for d in (cache_dir(sysroot) / "archives").glob("*.deb")}
+    if new_packages(result.output) != cached:
+        raise SystemExit(f"{label} installed {new_packages(result.output)}, apt-ostree {cached}")
+    shutil.rmtree(root)
+    return result
+
+
+# ---- the rounds ----
+
+
+@dataclass
+class Results:
+    trees: dict[str, tuple[int, int]] = field(default_factory=dict)
+    first: dict[str, Run] = field(default_factory=dict)
+    installs: dict[str, list[Run]] = field(default_factory=dict)
+    baselines: dict[str, list[Run]] = field(default_factory=dict)
+    upgrade: Run | None = None
+    cache_unchanged: bool = False
+    upgrade_checks: list[str] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)  # 1-minute load average, each round
+
+
+def install_rounds(work: Path, commits: dict[str, str], rounds: int, res: Results) -> None:
+    for name in IMAGES:
+        sysroot = work / name
+        res.first[name] = run_timed(
+            f"install {PACKAGE} ({name}, first)", client("install", sysroot, PACKAGE)
+        )
+        res.installs[name], res.baselines[name] = [], []
+    for n in range(rounds):
+        res.loads.append(os.getloadavg()[0])
+        for name in IMAGES if n % 2 == 0 else reversed(IMAGES):
+            sysroot = work / name
+            run_timed(f"uninstall {PACKAGE} ({name})", client("uninstall", sysroot, PACKAGE))
+            res.installs[name].append(
+                run_timed(f"install {PACKAGE} ({name})", client("install", sysroot, PACKAGE))
+            )
+            res.baselines[name].append(
+                baseline_round(work, sysroot, commits[name], f"apt-get install {PACKAGE} ({name})")
+            )
+    for name in IMAGES:
+        cached = [r for r in res.installs[name] if r.deb_bytes()]
+        if cached:
+            raise SystemExit(f"{name}: a timed install downloaded .debs:\n{cached[0].output}")
+
+
+def upgrade_round(work: Path, treefile: Path, res: Results) -> None:
+    """A second version of the minimal base, then `upgrade` with htop layered."""
+    sysroot = work / "minimal"
+    before = snapshot(cache_dir(sysroot) / "archives")
+    (work / "stamp").write_text("2\n")
+    compose(work, treefile, "compose minimal, stamp 2", EPOCH + 86400)
+    new = ostree(work / "repo", "rev-parse", "bench/minimal").strip()
+    res.upgrade = run_timed("upgrade (re-applies htop)", client("upgrade", sysroot))
+    res.cache_unchanged = snapshot(cache_dir(sysroot) / "archives") == before
+    head = deployments(sysroot)[0]
+    if head.get("base-checksum") != new:
+        res.upgrade_checks.append(f"deployed base {head.get('base-checksum')}, expected {new}")
+    if PACKAGE not in str_list(head.get("requested-packages")):
+        res.upgrade_checks.append(f"{PACKAGE} no longer requested")
+    if not any(p.startswith(PACKAGE) for p in str_list(head.get("packages"))):
+        res.upgrade_checks.append(f"{PACKAGE} not in the deployed commit's packages")
+    listed = subprocess.run(
+        ["ostree", f"--repo={sysroot / 'ostree/repo'}", "ls", str(head["checksum"]), BINARY],
+        capture_output=True,
+        check=False,
+    )
+    if listed.returncode != 0:
+        res.upgrade_checks.append(f"no {BINARY} in the deployed commit")
+
+
+def bench(work: Path, rounds: int) -> Results:
+    res = Results()
+    treefiles = write_treefiles(work, "1")
+    for name in IMAGES:
+        compose(work, treefiles[name], f"compose {name}", EPOCH)
+    repo = work / "repo"
+    commits = {name: ostree(repo, "rev-parse", f"bench/{name}").strip() for name in IMAGES}
+    res.trees = {name: tree_size(repo, commits[name]) for name in IMAGES}
+    with serve_directory(repo) as server:
+        for name in IMAGES:
+            init(work / name, server.url, f"bench/{name}", f"init {name}")
+        install_rounds(work, commits, rounds, res)
+        upgrade_round(work, treefiles["minimal"], res)
+    return res
+
+
+# ---- report ----
+
+
+def med(runs: Sequence[Run], key: str | None = None) -> float:
+    return statistics.median(r.seconds if key is None else r.step(key) for r in runs)
+
+
+BREAKDOWN = (
+    ("index refresh", "Updating package indices"),
+    ("resolve", "Resolving packages"),
+    ("checkout base", "Checking out base"),
+    ("dpkg", "Unpacking"),
+    ("scripts", "Running maintainer scripts"),
+    ("commit", "Writing the layered commit"),
+    ("deploy", "Deploying"),
+)
+
+
+def breakdown_row(label: str, runs: Sequence[Run]) -> str:
+    parts = [med(runs, prefix) for _, prefix in BREAKDOWN]
+    total = med(runs)
+    return (
+        f"| {label} | {total:.2f} | "
+        + " | ".join(f"{p:.2f}" for p in parts)
+        + (f" | {total - sum(parts):.2f} |")
+    )
+
+
+def report(res: Results, rounds: int) -> str:
+    (m_files, m_bytes), (l_files, l_bytes) = res.trees["minimal"], res.trees["large"]
+    base, mini, large = (
+        med(res.baselines["minimal"]),
+        med(res.installs["minimal"]),
+        med(res.installs["large"]),
+    )
+    base_l = med(res.baselines["large"])
+    refresh = med(res.installs["minimal"], "Updating package indices")
+    up = res.upgrade
+    assert up is not None
+    checks = "yes" if not res.upgrade_checks else "NO: " + "; ".join(res.upgrade_checks)
+    lines = [
+        "## Layering (issue 4)",
+        "",
+        f"{machine_line()}; medians of {rounds} round(s); 1-minute load average"
+        f" {min(res.loads):.1f}-{max(res.loads):.1f} during the rounds (a shared machine).",
+        "",
+        f"Images: `minimal` (examples/minimal.yaml and a stamp file) {m_files} files,"
+        f" {mib(m_bytes)}; `large` (the same plus {', '.join(LARGE_PACKAGES)}) {l_files} files,"
+        f" {mib(l_bytes)}: {l_bytes / m_bytes:.2f}x the bytes, {l_files / m_files:.2f}x the files.",
+        f"Layered: `{PACKAGE}` and its dependencies"
+        f" ({', '.join(sorted(new_packages(res.baselines['minimal'][0].output)))}),"
+        " .debs already in the machine's cache (each round: `uninstall`, `sync`, timed `install`).",
+        "Baseline: `apt-get install -y htop` in a plain Debian root copied from the same commit"
+        " (`ostree checkout -C`, /usr/etc as /etc, /var from the image's tmpfiles.d, apt lists"
+        " and .debs copied in; bubblewrap, no network), a fresh copy each round.",
+        "",
+        "| measure | seconds | ratio | goal |",
+        "| --- | --- | --- | --- |",
+        f"| baseline: `apt-get install` (minimal) | {base:.2f} | 1.00 | |",
+        f"| `apt-ostree install` (minimal) | {mini:.2f} | {mini / base:.2f}x apt-get | <= 1.5x |",
+        f"| same, less the index refresh ({refresh:.2f} s) | {mini - refresh:.2f} |"
+        f" {(mini - refresh) / base:.2f}x apt-get | |",
+        f"| `apt-ostree install` (large) | {large:.2f} | {large / mini:.2f}x minimal | <= 1.2x |",
+        f"| baseline: `apt-get install` (large) | {base_l:.2f} | {base_l / base:.2f}x minimal | |",
+        "",
+        "Where the time of `install` goes (medians of the step times apt-ostree prints; other:"
+        " process start, sysroot and origin loading, the lists and cache opened):",
+        "",
+        "| run | total | " + " | ".join(t for t, _ in BREAKDOWN) + " | other |",
+        "| --- | --- | " + " | ".join("---" for _ in BREAKDOWN) + " | --- |",
+        breakdown_row("minimal", res.installs["minimal"]),
+        breakdown_row("large", res.installs["large"]),
+        breakdown_row("upgrade (minimal, re-apply)", [up]),
+        "",
+        "First install (cold cache): "
+        + "; ".join(
+            f"{n} {r.seconds:.2f} s, .debs {mib(r.deb_bytes())}, indices {mib(r.index_bytes())}"
+            for n, r in res.first.items()
+        )
+        + ".",
+        "",
+        "### Re-applying the layer on upgrade",
+        "",
+        "The minimal base recomposed with the stamp file changed, then `upgrade`:"
+        f" {up.seconds:.2f} s (pull {up.step('Checking') + up.step('Pulling'):.2f} s).",
+        "",
+        "| measure | value | goal |",
+        "| --- | --- | --- |",
+        f"| .debs downloaded (apt-ostree's output) | {mib(up.deb_bytes())} | 0 |",
+        f"| the cache's .debs unchanged (names, sizes, mtimes, inodes) |"
+        f" {'yes' if res.cache_unchanged else 'NO'} | yes |",
+        f"| index refresh fetched (apt's counter, not .debs) | {mib(up.index_bytes())} | |",
+        f"| htop still layered on the new base | {checks} | yes |",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cachedir", type=Path, help="compose cache to reuse (default: scratch)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="apt-ostree-bench-layering-", dir="/var/tmp"))
+    print(f"scratch: {scratch}")
+    if args.cachedir:
+        args.cachedir.mkdir(parents=True, exist_ok=True)
+        (scratch / "cache").symlink_to(args.cachedir.resolve())
+    try:
+        res = bench(scratch, args.rounds)
+    finally:
+        if not args.keep:
+            for name in IMAGES:
+                remove_tree(scratch / name)
+            shutil.rmtree(scratch, ignore_errors=True)
+    text = report(res, args.rounds)
+    print(text)
+    write_section("layering", text)
+
+
+if __name__ == "__main__":
+    main()

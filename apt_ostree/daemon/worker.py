@@ -7,8 +7,10 @@ parser, same functions, same output), and reports on its stdout as JSON lines: p
 
 Why a child process and not a thread: python3-apt holds the GIL while it downloads (a thread
 would freeze the bus), and the verbs are crash-safe under SIGKILL, so cancelling is killing the
-worker. The worker asks the kernel to kill it when the daemon dies (PR_SET_PDEATHSIG), so a
-daemon killed mid-transaction does not leave an orphan changing the system.
+worker: SIGTERM unwinds the verb (its context managers abort and unmount), SIGKILL follows
+after a few seconds. The worker asks the kernel to kill it when the daemon dies
+(PR_SET_PDEATHSIG), so a daemon killed mid-transaction does not leave an orphan changing the
+system, and it runs in a mount namespace of its own, so that no scratch mount outlives it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from apt_ostree.errors import AptOstreeError, dbus_error_name
+from apt_ostree.errors import ERROR_PREFIX, AptOstreeError, dbus_error_name
 from apt_ostree.progress import JsonProgress
 
 PR_SET_PDEATHSIG = 1
@@ -52,6 +54,32 @@ class _OutputStream(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
+
+
+class Terminated(BaseException):
+    """SIGTERM (Cancel): unwinds the verb so that its context managers unmount and abort.
+    A BaseException, so that no `except Exception` on the way swallows it."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_SLAVE = 0x80000
+
+
+def _private_mounts() -> None:
+    """A mount namespace of the worker's own (as systemd's MountFlags=slave): the host's mounts
+    reach in, the worker's scratch mounts (layering's overlays) stay in and vanish with the
+    worker, even when it is killed before it could unmount them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        print(f"worker: no private mount namespace: {os.strerror(ctypes.get_errno())}",
+              file=sys.stderr)  # fmt: skip
+        return
+    libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None)
 
 
 def _die_with_parent() -> None:
@@ -89,11 +117,13 @@ def run(argv: Sequence[str], events: TextIO) -> int:
                 args.func(args)
     except AptOstreeError as e:
         success, name, message = False, dbus_error_name(e), str(e)
+    except Terminated:
+        success, name, message = False, f"{ERROR_PREFIX}.Cancelled", "transaction cancelled"
     except Exception as e:  # a bug: still report it to the client, with the traceback logged
         import traceback
 
         traceback.print_exc()
-        success, name, message = False, "org.aptostree.AptOstree1.Error.Failed", repr(e)
+        success, name, message = False, f"{ERROR_PREFIX}.Failed", repr(e)
     out.flush()
     progress.emit("finished", success=success, error_name=name, error_message=message)
     return 0 if success else 1
@@ -128,6 +158,8 @@ def automatic(argv: Sequence[str], progress: JsonProgress) -> None:
 
 def main() -> int:
     _die_with_parent()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _private_mounts()
     return run(sys.argv[1:], _event_stream())
 
 

@@ -1,0 +1,84 @@
+"""Package layering through apt-ostreed: results, polkit's actions, and cancelling while a
+maintainer script runs (the setup is tests/deploy/test_layering.py's)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.daemon.bus import DENIED_USER, Daemon, PrivateBus, Running, run_client, wait_for
+from tests.deploy.test_layering import LAYER_DEBS, point_apt_at
+from tests.support.aptrepo import AptRepo
+from tests.support.debian import SUITE
+from tests.support.debs import DebSpec
+from tests.support.httpd import Server
+from tests.support.sysroots import Machine, ok
+
+pytestmark = [pytest.mark.slow]
+
+SLEEP_MARK = "4321"  # `sleep 4321` in a postinst: found in /proc while it runs
+SLEEPY = DebSpec(name="sleepy-aot", postinst=f"#!/bin/sh\nsleep {SLEEP_MARK}\n")
+
+
+@pytest.fixture
+def layered(machine: Machine, tmp_path: Path, http_server: Callable[[Path], Server]) -> Machine:
+    apt = AptRepo(tmp_path / "layer-apt", suite=SUITE, key=machine.served.images.gpg_key)
+    apt.add_debs(machine.served.images.apt.debs())
+    apt.add(*LAYER_DEBS, SLEEPY)
+    apt.publish()
+    server = http_server(apt.path)
+    for deployment in machine.path.glob("ostree/deploy/test/deploy/*"):
+        if deployment.is_dir():
+            point_apt_at(deployment, apt, server.url)
+    return machine
+
+
+def _sleepers() -> list[Path]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc / "cmdline").read_bytes() == f"sleep\0{SLEEP_MARK}\0".encode():
+                found.append(proc)
+        except OSError:
+            continue
+    return found
+
+
+def test_install_and_uninstall_through_the_daemon(
+    bus: PrivateBus, daemon: Daemon, layered: Machine
+) -> None:
+    denied = run_client(bus, "install", "htop-aot", user=DENIED_USER)
+    assert denied.returncode == 1
+    assert "install-uninstall-packages: not authorized" in denied.stderr
+    result = run_client(bus, "install", "htop-aot")
+    assert result.returncode == 0, result.stderr
+    assert "Added:" in result.stdout and "htop-aot" in result.stdout
+    assert layered.status()[0]["requested-packages"] == ["htop-aot"]
+    assert "LayeredPackages: htop-aot" in run_client(bus, "status").stdout
+    again = run_client(bus, "install", "htop-aot", "--idempotent", "--unchanged-exit-77")
+    assert again.returncode == 77, again.stderr
+    assert run_client(bus, "uninstall", "htop-aot").returncode == 0
+    assert layered.status()[0]["requested-packages"] == []
+    layered.fsck()
+
+
+def test_cancel_while_a_maintainer_script_sleeps(
+    bus: PrivateBus, daemon: Daemon, layered: Machine
+) -> None:
+    before = layered.snapshot()
+    client = Running(bus, "install", "sleepy-aot")
+    wait_for(lambda: bool(_sleepers()), "the postinst to run", timeout=120)
+    client.proc.send_signal(signal.SIGINT)
+    result = client.finish(timeout=30)
+    assert result.returncode == 1
+    assert "error: transaction cancelled" in result.stderr
+    wait_for(lambda: not _sleepers(), "the postinst to be gone")
+    assert str(layered.path) not in Path("/proc/self/mounts").read_text()  # no overlay left
+    assert layered.snapshot() == before
+    layered.fsck()
+    # the sysroot is not left locked: the next transaction runs
+    assert run_client(bus, "install", "htop-aot").returncode == 0
+    assert ok("status", *layered.args(), "--json").stdout.count('"htop-aot"') >= 1

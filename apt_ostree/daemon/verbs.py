@@ -214,6 +214,8 @@ def worker_argv(
     rest: list[str] = []
     for arg, value in zip(verb.positional, positional, strict=True):
         _check(arg, value)
+        if value in ("", []) and any(positional[verb.positional.index(arg) + 1 :]):
+            raise UsageError(f"{verb.method}: {arg.name!r} is empty but a later argument is not")
         rest += value if isinstance(value, list) else [value] if value else []
     return [*argv, "--", *rest] if rest else argv
 

@@ -53,6 +53,10 @@ def test_install_and_uninstall_through_the_daemon(
     denied = run_client(bus, "install", "htop-aot", user=DENIED_USER)
     assert denied.returncode == 1
     assert "install-uninstall-packages: not authorized" in denied.stderr
+    found = run_client(bus, "search", "htop", user=DENIED_USER)  # read-only: everyone
+    assert found.returncode == 0, found.stderr
+    assert found.stdout == ok("search", *layered.args(), "htop").stdout
+    assert "htop-aot" in found.stdout
     result = run_client(bus, "install", "htop-aot")
     assert result.returncode == 0, result.stderr
     assert "Added:" in result.stdout and "htop-aot" in result.stdout

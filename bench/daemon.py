@@ -79,6 +79,7 @@ def main() -> None:
             stop(proc)
         stop(bus.proc)
         shutil.rmtree(bus.dir, ignore_errors=True)
+        remove_tree(sysroot)
         remove_tree(work)
 
 

@@ -162,8 +162,8 @@ def register_layering(verbs: Any) -> None:
     p = verbs.add_parser("initramfs", help="regenerate the initramfs on this machine")
     _mutating(p)
     switch = p.add_mutually_exclusive_group()
-    switch.add_argument("--enable", action="store_const", const=True, dest="enable")
-    switch.add_argument("--disable", action="store_const", const=False, dest="enable")
+    switch.add_argument("--enable", action="store_true", help="regenerate it on every deploy")
+    switch.add_argument("--disable", action="store_true", help="use the image's again")
     p.add_argument("--arg", action="append", default=[], help="a dracut argument")
     p.add_argument("-r", "--reboot", action="store_true", help="reboot when staged")
     p.set_defaults(func=cmd_initramfs)
@@ -396,6 +396,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_initramfs(args: argparse.Namespace) -> int:
-    if args.arg and args.enable is not True:
+    if args.arg and not args.enable:
         raise UsageError("initramfs: --arg needs --enable")
-    return _print(_client(args).initramfs(enable=args.enable, args=args.arg), args)
+    enable = True if args.enable else False if args.disable else None
+    return _print(_client(args).initramfs(enable=enable, args=args.arg), args)

@@ -127,6 +127,10 @@ class OSInterface(BasicInterfaceTemplate):  # type: ignore[misc]
         return self._call("RefreshMd", [], options, call_info)
 
     @accepts_additional_arguments
+    def Initramfs(self, options: Options, *, call_info: CallInfo) -> ObjPath:
+        return self._call("Initramfs", [], options, call_info)
+
+    @accepts_additional_arguments
     def AutomaticUpdateTrigger(self, options: Options, *, call_info: CallInfo) -> ObjPath:
         """Run AutomaticUpdatePolicy: a Transaction path, or "/" when the policy is none."""
         impl: OSObject = self.implementation

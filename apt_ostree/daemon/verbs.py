@@ -123,6 +123,18 @@ VERBS: tuple[Verb, ...] = (
         options=(Arg("overlays", _B), Arg("overrides", _B), _EXIT77),
     ),
     Verb(("refresh-md",), "RefreshMd", "repo-refresh"),
+    Verb(
+        ("initramfs",),
+        "Initramfs",
+        "bootconfig",
+        options=(
+            Arg("enable", _B),
+            Arg("disable", _B),
+            Arg("arg", _AS),
+            Arg("reboot", _B),
+            _EXIT77,
+        ),
+    ),
     # read-only: run in the daemon's process, allowed to everyone
     Verb(
         ("status",),

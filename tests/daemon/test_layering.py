@@ -66,6 +66,11 @@ def test_install_and_uninstall_through_the_daemon(
     assert again.returncode == 77, again.stderr
     assert run_client(bus, "uninstall", "htop-aot").returncode == 0
     assert layered.status()[0]["requested-packages"] == []
+    enabled = run_client(bus, "initramfs", "--enable", "--arg=--add-drivers", "--arg=virtio_blk")
+    assert enabled.returncode == 0, enabled.stderr
+    assert layered.status()[0]["initramfs-args"] == ["--add-drivers", "virtio_blk"]
+    assert run_client(bus, "initramfs", "--disable").returncode == 0
+    assert layered.status()[0]["regenerate-initramfs"] is False
     layered.fsck()
 
 

@@ -50,7 +50,9 @@ class DeploymentError(AptOstreeError):
 def default_sysroot(given: Path | None) -> Path:
     """`--sysroot`, or / on a machine booted from OSTree."""
     if given is not None:
-        return given
+        # absolute: apt's Dir:: settings and bwrap binds made from it must not depend on
+        # the working directory
+        return given.absolute()
     if BOOTED_MARKER.exists():
         return Path("/")
     raise UsageError("this machine is not booted from OSTree: give --sysroot DIR")
@@ -138,7 +140,7 @@ class SysrootClient:
 
     def __init__(self, path: Path, osname: str | None, progress: Progress) -> None:
         self.progress = progress
-        self.sysroot = ostree.Sysroot(path)
+        self.sysroot = ostree.Sysroot(path.absolute())
         self._osname = osname
 
     # ---- reading ----
@@ -820,6 +822,7 @@ def init_sysroot(
     On failure a folder that this call created is removed again, so a mistyped URL or ref
     leaves nothing behind.
     """
+    path = path.absolute()
     fresh = not path.exists() or not any(path.iterdir())
     if not fresh and (path / "ostree" / "repo").is_dir():
         if any(d.osname == osname for d in ostree.Sysroot(path).deployments()):

@@ -137,7 +137,10 @@ def test_upgrade_reapplies_layers_onto_the_new_base(layered: Layered) -> None:
 
 
 def test_uninstall_and_reset(layered: Layered) -> None:
-    ok("install", *layered.args(), "htop-aot", "state-aot")
+    # a relative --sysroot, as in the README's demo
+    path = layered.machine.path
+    relative = cli("install", "--sysroot", path.name, "htop-aot", "state-aot", cwd=path.parent)
+    assert relative.returncode == 0, relative.stderr
     ok("uninstall", *layered.args(), "htop-aot")
     assert layered.machine.status()[0]["requested-packages"] == ["state-aot"]
     assert not (layered.deployment() / "usr/bin/htop-aot").exists()

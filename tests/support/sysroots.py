@@ -13,6 +13,7 @@ from pathlib import Path
 from tests.support.httpd import Server
 from tests.support.images import Images
 
+ROOT = Path(__file__).resolve().parents[2]
 APT_OSTREE = [sys.executable, "-m", "apt_ostree.cli.main"]
 
 
@@ -29,13 +30,14 @@ class Result:
         return lines[0]
 
 
-def cli(*args: str | Path, env: dict[str, str] | None = None) -> Result:
+def cli(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> Result:
     """Run `apt-ostree ARGS` as a user does; `env` adds to the environment."""
     proc = subprocess.run(
         [*APT_OSTREE, *map(str, args)],
         capture_output=True,
         text=True,
-        env={**os.environ, **env} if env else None,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        cwd=cwd,
         check=False,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)

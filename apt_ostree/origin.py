@@ -60,10 +60,6 @@ class Origin:
     # groups and keys this version does not know, kept as they were
     extra: tuple[tuple[str, str, str], ...] = field(default=())
 
-    @property
-    def pinned_commit(self) -> str | None:
-        return self.override_commit
-
     def with_refspec(self, refspec: Refspec, *, pin: str | None = None) -> Origin:
         return replace(self, refspec=refspec, override_commit=pin)
 

@@ -320,14 +320,6 @@ class Sysroot:
         finally:
             self.load()
 
-    def set_pinned(self, deployment: Deployment, pinned: bool) -> None:
-        try:
-            self._sysroot.deployment_set_pinned(self._find(deployment), pinned)
-        except GLib.Error as e:
-            raise _fail(f"cannot pin {deployment.id}", e) from e
-        finally:
-            self.load()
-
     def cleanup(self) -> None:
         """Remove undeployed trees and prune repository objects no ref or deployment uses."""
         try:
@@ -371,14 +363,6 @@ def add_remote(
 
 def remote_names(repo: Any) -> list[str]:
     return sorted(repo.remote_list() or [])
-
-
-def remote_url(repo: Any, name: str) -> str:
-    try:
-        _, url = repo.remote_get_url(name)
-    except GLib.Error as e:
-        raise _fail(f"unknown remote {name}", e) from e
-    return str(url)
 
 
 def pull(

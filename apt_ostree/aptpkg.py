@@ -396,12 +396,25 @@ class AptRoot:
             c.set("APT::Architectures::", arch)
         apt_pkg.init_system()
 
+    @property
+    def _updated_stamp(self) -> Path:
+        # beside the lists, not in them: apt's list cleanup deletes files it does not know
+        return self.root / "var/lib/apt/apt-ostree-updated"
+
     def update(self, progress: Progress) -> None:
         """Fetch the sources' indices, verifying their signatures (apt's own checks)."""
         self._prepare()
         sources = apt_pkg.SourceList()
         sources.read_main_list()
         self._update(sources, progress)
+        self._updated_stamp.touch()
+
+    def lists_age(self) -> float | None:
+        """Seconds since the last successful `update()` of these sources; None if never."""
+        try:
+            return max(0.0, time.time() - self._updated_stamp.stat().st_mtime)
+        except FileNotFoundError:
+            return None
 
     def update_local(self, progress: Progress) -> None:
         """Index the local packages' repository alone (no network; other lists are kept)."""

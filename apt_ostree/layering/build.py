@@ -96,7 +96,7 @@ def build(
     progress: Progress,
     allow_inactive: bool = True,
     recommends: bool = False,
-    refresh: bool = True,
+    refresh: bool | None = None,
 ) -> tuple[str, LayerPlan]:
     """The commit to deploy for `origin` on `base`: `base` itself when nothing is layered."""
     checksum, plan = _layer(sysroot, osname, base, origin, deployment=deployment,
@@ -117,7 +117,7 @@ def _layer(
     progress: Progress,
     allow_inactive: bool,
     recommends: bool,
-    refresh: bool,
+    refresh: bool | None,
 ) -> tuple[str, LayerPlan]:
     request = request_of(origin, local_dir(sysroot.path, osname), recommends=recommends)
     if request.is_empty():

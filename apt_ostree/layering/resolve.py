@@ -16,8 +16,11 @@ image's /usr/etc) and the base's dpkg status, in a scratch apt root under the ca
   root (Packages written from their control fields, no external tool), so apt resolves their
   dependencies like any package's. It is `trusted=yes`: the files are the caller's own.
 - Downloads go to `CACHEDIR/archives`, each checked against its index hash; a plan whose
-  .debs are all there downloads nothing. `refresh=False` reads the lists already cached
-  (the local repository is indexed anyway: that needs no network).
+  .debs are all there downloads nothing.
+- Lists: fetched when older than LISTS_MAX_AGE (like dnf's metadata_expire; `refresh-md`
+  fetches at once), and again when a resolution on cached lists fails (a package published
+  since, or a .deb the mirror dropped). `refresh=False` reads the lists already cached, and
+  `refresh=True` always fetches (the local repository is indexed anyway: no network).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from apt_ostree.layering import LayerPlan, LayerRequest, PlannedDeb
 from apt_ostree.progress import Progress
 from apt_ostree.run import run
 from apt_ostree.treefile import RepoEntry
+
+LISTS_MAX_AGE = 6 * 3600  # seconds: package lists younger than this are used as they are
 
 STATUS = Path("usr/lib/sysimage/dpkg/status")
 ARCH = Path("usr/lib/sysimage/dpkg/arch")
@@ -153,13 +158,23 @@ def read_local_deb(path: Path, architectures: Sequence[str]) -> LocalDeb:
     return deb
 
 
-def _indices(apt: AptRoot, progress: Progress, *, refresh: bool) -> None:
-    if refresh:
-        with progress.step("Updating package indices"):
-            apt.update(progress)
-    else:
+def _indices(apt: AptRoot, progress: Progress, *, refresh: bool | None) -> bool:
+    """Make the lists ready: fetched when `refresh`, cached when not, and when None fetched
+    only if older than LISTS_MAX_AGE (or missing). True when cached lists are used."""
+    if refresh is None:
+        age = apt.lists_age()
+        refresh = age is None or age > LISTS_MAX_AGE
+    if not refresh:
         apt.update_local(progress)
-        apt.check_lists()
+        try:
+            apt.check_lists()
+            return True
+        except PackageError:
+            if refresh is False:
+                raise
+    with progress.step("Updating package indices"):
+        apt.update(progress)
+    return False
 
 
 def plan_layer(
@@ -169,7 +184,7 @@ def plan_layer(
     cachedir: Path,
     progress: Progress,
     allow_inactive: bool = False,
-    refresh: bool = True,
+    refresh: bool | None = None,
 ) -> LayerPlan:
     """The change that makes `request` true on the base tree `root`, with its .debs at hand.
 
@@ -182,8 +197,9 @@ def plan_layer(
     local = tuple(read_local_deb(p, archs) for p in request.local_debs)
     replace_local = tuple(read_local_deb(p, archs) for p in request.replace_local)
     apt.set_local([*local, *replace_local])
+    cached = False
     if request.packages or request.replace or local or replace_local:
-        _indices(apt, progress, refresh=refresh)
+        cached = _indices(apt, progress, refresh=refresh)
     marks = LayerMarks(
         packages=request.packages,
         local=local,
@@ -193,12 +209,16 @@ def plan_layer(
         recommends=request.recommends,
         allow_inactive=allow_inactive,
     )
-    with progress.step("Resolving packages"):
-        resolution = apt.resolve_layer(marks)
-    paths = []
-    if resolution.install:
-        with progress.step("Downloading packages"):
-            paths = apt.download(resolution.install, progress)
+    try:
+        resolution, paths = _resolve_and_fetch(apt, marks, progress)
+    except PackageError as e:
+        if not cached or refresh is False:
+            raise
+        # lists younger than LISTS_MAX_AGE can still miss a new package or name a .deb the
+        # mirror no longer has: the answer after a refresh is the one that counts
+        progress.message(f"    {e}: updating the package lists and trying again")
+        _indices(apt, progress, refresh=True)
+        resolution, paths = _resolve_and_fetch(apt, marks, progress)
     install = [
         PlannedDeb(p.name, p.version, p.architecture, path)
         for p, path in zip(resolution.install, paths, strict=True)
@@ -208,6 +228,18 @@ def plan_layer(
         remove=resolution.remove,
         inactive=resolution.inactive,
     )
+
+
+def _resolve_and_fetch(
+    apt: AptRoot, marks: LayerMarks, progress: Progress
+) -> tuple[aptpkg.LayerResolution, list[Path]]:
+    with progress.step("Resolving packages"):
+        resolution = apt.resolve_layer(marks)
+    paths: list[Path] = []
+    if resolution.install:
+        with progress.step("Downloading packages"):
+            paths = apt.download(resolution.install, progress)
+    return resolution, paths
 
 
 def search(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,13 @@ import pytest
 
 from apt_ostree.errors import PackageError
 from apt_ostree.layering import LayerPlan, LayerRequest
-from apt_ostree.layering.resolve import plan_layer, refresh, search, tree_architecture
+from apt_ostree.layering.resolve import (
+    LISTS_MAX_AGE,
+    plan_layer,
+    refresh,
+    search,
+    tree_architecture,
+)
 from apt_ostree.progress import Progress
 from tests.support.aptrepo import AptRepo
 from tests.support.debs import DebSpec, build_deb, control_text
@@ -288,8 +295,39 @@ def test_cached_lists_and_debs_are_reused(
     assert server.stats.requests == 0
     assert [os.stat(d.path).st_mtime_ns for d in again.install] == mtimes
     # a refresh asks for the indices again, but downloads no .deb
-    plan_layer(base, request, cachedir=cache, progress=Progress())
+    plan_layer(base, request, cachedir=cache, progress=Progress(), refresh=True)
+    assert server.stats.requests > 0
     assert not any(p.endswith(".deb") for p in server.stats.paths)
+
+
+def test_lists_fetched_when_stale_or_missing_a_package(
+    repo: AptRepo, http_server: Callable[[Path], Server], tmp_path: Path
+) -> None:
+    server = http_server(repo.path)
+    base = base_tree(tmp_path, repo, uri=server.url)
+    cache = tmp_path / "cache"
+
+    def plan(*packages: str) -> LayerPlan:
+        server.reset_stats()
+        return plan_layer(base, LayerRequest(packages=packages), cachedir=cache,
+                          progress=Progress())  # fmt: skip
+
+    plan("app")
+    assert server.stats.requests > 0  # no lists yet: fetched
+    plan("app")
+    assert server.stats.requests == 0  # fresh lists: used as they are
+    # a package published since the lists were fetched: found after a refresh
+    repo.add(DebSpec("fresh", "1.0", description="new"))
+    repo.publish()
+    assert names(plan("fresh")) == [("fresh", "1.0")]
+    assert any("Release" in p for p in server.stats.paths)
+    # lists older than the limit are fetched again before resolving
+    (stamp,) = cache.glob("apt/*/var/lib/apt/apt-ostree-updated")
+    old = time.time() - LISTS_MAX_AGE - 60
+    os.utime(stamp, (old, old))
+    plan("app")
+    assert any("Release" in p for p in server.stats.paths)
+    assert stamp.stat().st_mtime > old
 
 
 def test_offline_plan_with_a_local_deb(plan: Callable[..., LayerPlan], tmp_path: Path) -> None:

@@ -33,6 +33,8 @@ from apt_ostree.layering.build import build as build_layered
 from apt_ostree.layering.build import local_dir
 from apt_ostree.layering.build import refresh as layering_refresh
 from apt_ostree.layering.build import search as layering_search
+from apt_ostree.live import LiveState
+from apt_ostree.live import read_state as read_live_state
 from apt_ostree.origin import CHECKSUM_RE, Origin, Refspec
 from apt_ostree.pkgdiff import PackageDiff, diff_packages
 from apt_ostree.progress import Progress, human_size
@@ -83,6 +85,7 @@ class DeploymentStatus:
     deployment: ostree.Deployment
     origin: Origin | None
     commit: CommitSummary | None
+    live: LiveState | None = None  # apply-live on this boot (the booted deployment only)
 
     def to_json(self) -> dict[str, Any]:
         d, o, c = self.deployment, self.origin, self.commit
@@ -99,6 +102,8 @@ class DeploymentStatus:
             "staged": d.staged,
             "pinned": d.pinned,
             "unlocked": d.unlocked,
+            "live-commit": self.live.commit if self.live else None,
+            "live-replaced": self.live.replaced if self.live else False,
             "packages": list(o.requested_packages) if o else [],
             "requested-packages": list(o.requested_packages) if o else [],
             "requested-local-packages": list(o.requested_local_packages) if o else [],
@@ -175,7 +180,7 @@ class SysrootClient:
             commit: CommitSummary | None = self.commit(d.checksum)
         except RepoError:
             commit = None
-        return DeploymentStatus(d, origin, commit)
+        return DeploymentStatus(d, origin, commit, read_live_state(d) if d.booted else None)
 
     def status(self) -> list[DeploymentStatus]:
         return [self._status(d) for d in self.sysroot.deployments()]

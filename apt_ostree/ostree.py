@@ -651,3 +651,110 @@ def commit_on_base(
         except GLib.Error as e:
             raise _fail(f"cannot commit the layer on {base}", e) from e
     return str(checksum)
+
+
+# ---- live changes of a booted system: usroverlay, apply-live (apt_ostree/live.py) ----
+
+UNLOCK_STATES = {
+    "development": OSTree.DeploymentUnlockedState.DEVELOPMENT,
+    "hotfix": OSTree.DeploymentUnlockedState.HOTFIX,
+    "transient": OSTree.DeploymentUnlockedState.TRANSIENT,
+}
+
+
+def deployment_unlock(sysroot: Sysroot, deployment: Deployment, state: str) -> None:
+    """libostree's unlock: an overlayfs on /usr of the booted deployment, mounted in the
+    calling process's mount namespace (libostree 2022.7 mounts from a forked child, no setns).
+
+    development: writable, its upper layer in /var/tmp, gone at reboot; transient: the same
+    but mounted read-only (only a private remount writes); hotfix: persistent, and libostree
+    first clones the deployment as a rollback target."""
+    gi_deployment = sysroot._find(deployment)
+    try:
+        sysroot._sysroot.deployment_unlock(gi_deployment, UNLOCK_STATES[state], None)
+    except GLib.Error as e:
+        raise _fail(f"cannot unlock {deployment.id}", e) from e
+    finally:
+        sysroot.load()
+
+
+@dataclass(frozen=True)
+class TreeDiff:
+    """Paths (relative, no leading /) that differ between two commits; a folder that is new
+    is listed with everything in it, parents first."""
+
+    added: tuple[str, ...]
+    modified: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
+def _children(folder: Any) -> dict[str, tuple[Any, Any]]:
+    """name -> (GFile, Gio.FileType) of a folder of a commit."""
+    out: dict[str, tuple[Any, Any]] = {}
+    infos = folder.enumerate_children(
+        "standard::name,standard::type", Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None
+    )
+    while (info := infos.next_file(None)) is not None:
+        out[info.get_name()] = (folder.get_child(info.get_name()), info.get_file_type())
+    return out
+
+
+def _same(a: Any, b: Any, kind: Any) -> bool:
+    a.ensure_resolved()
+    b.ensure_resolved()
+    if kind == Gio.FileType.DIRECTORY:
+        return bool(
+            a.tree_get_contents_checksum() == b.tree_get_contents_checksum()
+            and a.tree_get_metadata_checksum() == b.tree_get_metadata_checksum()
+        )
+    return bool(a.get_checksum() == b.get_checksum())  # content and metadata, as ostree's
+
+
+def _all_below(folder: Any, rel: str, out: list[str]) -> None:
+    for name, (child, kind) in sorted(_children(folder).items()):
+        out.append(f"{rel}/{name}")
+        if kind == Gio.FileType.DIRECTORY:
+            _all_below(child, f"{rel}/{name}", out)
+
+
+def _diff_folders(a: Any, b: Any, rel: str, diff: tuple[list[str], list[str], list[str]]) -> None:
+    added, modified, removed = diff
+    old, new = _children(a), _children(b)
+    for name in sorted(old.keys() | new.keys()):
+        path = f"{rel}/{name}" if rel else name
+        if name not in new:
+            removed.append(path)
+            continue
+        child, kind = new[name]
+        if name not in old:
+            added.append(path)
+            if kind == Gio.FileType.DIRECTORY:
+                _all_below(child, path, added)
+            continue
+        old_child, old_kind = old[name]
+        if old_kind != kind:
+            modified.append(path)
+            if kind == Gio.FileType.DIRECTORY:
+                _all_below(child, path, modified)
+        elif not _same(old_child, child, kind):
+            if kind == Gio.FileType.DIRECTORY:
+                old_child.ensure_resolved()
+                child.ensure_resolved()
+                if old_child.tree_get_metadata_checksum() != child.tree_get_metadata_checksum():
+                    modified.append(path)
+                _diff_folders(old_child, child, path, diff)
+            else:
+                modified.append(path)
+
+
+def diff_commits(repo: Any, old: str, new: str, subpath: str = "usr") -> TreeDiff:
+    """What changes from commit `old` to `new` below `subpath`, read from the repository
+    (folders whose content checksums agree are not entered, as `ostree diff`)."""
+    diff: tuple[list[str], list[str], list[str]] = ([], [], [])
+    try:
+        _, a, _ = repo.read_commit(old, None)
+        _, b, _ = repo.read_commit(new, None)
+        _diff_folders(a.get_child(subpath), b.get_child(subpath), subpath, diff)
+    except GLib.Error as e:
+        raise _fail(f"cannot compare {old[:12]} with {new[:12]}", e) from e
+    return TreeDiff(*(tuple(d) for d in diff))

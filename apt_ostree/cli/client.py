@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from apt_ostree import live
 from apt_ostree.deployments import (
     DeploymentStatus,
     Outcome,
@@ -126,6 +127,18 @@ def register(verbs: Any) -> None:
 
     register_db(verbs)
     register_layering(verbs)
+    register_live(verbs)
+
+
+def register_live(verbs: Any) -> None:
+    p = verbs.add_parser("apply-live", help="apply the pending deployment to the running system")
+    _mutating(p)
+    p.add_argument("--allow-replacement", action="store_true", help="also replace and remove files")
+    p.set_defaults(func=cmd_apply_live)
+    p = verbs.add_parser("usroverlay", help="a writable overlay on /usr until the next reboot")
+    _mutating(p)
+    p.add_argument("--hotfix", action="store_true", help="keep it across reboots")
+    p.set_defaults(func=lambda a: _print(live.usroverlay(_client(a), hotfix=a.hotfix), a))
 
 
 def register_layering(verbs: Any) -> None:
@@ -140,6 +153,12 @@ def register_layering(verbs: Any) -> None:
         if verb == "install":
             p.add_argument(
                 "--allow-inactive", action="store_true", help="allow packages the base has"
+            )
+            p.add_argument(
+                "-A",
+                "--apply-live",
+                action="store_true",
+                help="also apply it to the running system",
             )
         p.add_argument("-r", "--reboot", action="store_true", help="reboot when staged")
         p.set_defaults(func=func)
@@ -265,6 +284,9 @@ def render_status(statuses: list[DeploymentStatus], *, verbose: bool) -> list[st
             rows.append(("Pinned", "yes"))
         if d.unlocked != "none":
             rows.append(("Unlocked", d.unlocked))
+        if s.live is not None:
+            how = " (files replaced)" if s.live.replaced else ""
+            rows.append(("LiveCommit", f"{s.live.commit}{how}"))
         if verbose:
             rows += [("OSName", d.osname), ("Id", d.id), ("KernelArgs", " ".join(d.kargs))]
             if c is not None:
@@ -363,11 +385,20 @@ def cmd_db_version(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    if args.apply_live and args.reboot:
+        raise UsageError("install: --apply-live and --reboot exclude each other")
     client = _client(args)
     outcome = client.install(
         args.packages, idempotent=args.idempotent, allow_inactive=args.allow_inactive
     )
-    return _print(outcome, args)
+    if not args.apply_live:
+        return _print(outcome, args)
+    _print(outcome, argparse.Namespace())  # exit 77 only when nothing was applied either
+    return _print(live.apply_live(client), args)
+
+
+def cmd_apply_live(args: argparse.Namespace) -> int:
+    return _print(live.apply_live(_client(args), allow_replacement=args.allow_replacement), args)
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:

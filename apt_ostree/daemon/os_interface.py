@@ -131,6 +131,14 @@ class OSInterface(BasicInterfaceTemplate):  # type: ignore[misc]
         return self._call("Initramfs", [], options, call_info)
 
     @accepts_additional_arguments
+    def ApplyLive(self, options: Options, *, call_info: CallInfo) -> ObjPath:
+        return self._call("ApplyLive", [], options, call_info)
+
+    @accepts_additional_arguments
+    def UsrOverlay(self, options: Options, *, call_info: CallInfo) -> ObjPath:
+        return self._call("UsrOverlay", [], options, call_info)
+
+    @accepts_additional_arguments
     def AutomaticUpdateTrigger(self, options: Options, *, call_info: CallInfo) -> ObjPath:
         """Run AutomaticUpdatePolicy: a Transaction path, or "/" when the policy is none."""
         impl: OSObject = self.implementation

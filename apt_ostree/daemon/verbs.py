@@ -98,7 +98,7 @@ VERBS: tuple[Verb, ...] = (
         "Install",
         "install-uninstall-packages",
         (_PACKAGES,),
-        (*(Arg(n, _B) for n in ("idempotent", "allow-inactive", "reboot")), _EXIT77),
+        (*(Arg(n, _B) for n in ("idempotent", "allow-inactive", "apply-live", "reboot")), _EXIT77),
     ),
     Verb(
         ("uninstall",),
@@ -135,6 +135,16 @@ VERBS: tuple[Verb, ...] = (
             _EXIT77,
         ),
     ),
+    # live changes of the booted system (apt_ostree/live.py): apply-live adds packages to the
+    # running system, as install does; usroverlay changes the image's content in place, as
+    # an override does
+    Verb(
+        ("apply-live",),
+        "ApplyLive",
+        "install-uninstall-packages",
+        options=(Arg("allow-replacement", _B), _EXIT77),
+    ),
+    Verb(("usroverlay",), "UsrOverlay", "override", options=(Arg("hotfix", _B), _EXIT77)),
     # read-only: run in the daemon's process, allowed to everyone
     Verb(
         ("status",),

@@ -30,7 +30,7 @@ from apt_ostree.errors import (
     UsageError,
 )
 from apt_ostree.layering.build import build as build_layered
-from apt_ostree.layering.build import local_dir
+from apt_ostree.layering.build import local_dir, remove_base_trees
 from apt_ostree.layering.build import refresh as layering_refresh
 from apt_ostree.layering.build import search as layering_search
 from apt_ostree.live import LiveState
@@ -472,6 +472,7 @@ class SysrootClient:
             unstaged = [d for d in own if not d.staged]
             current = booted[0] if booted else (unstaged[0] if unstaged else None)
             keep = list(all_)
+            base_removed = False
             if pending and current is not None:
                 cut = own[: own.index(current)]
                 keep = [d for d in keep if d not in cut]
@@ -482,9 +483,13 @@ class SysrootClient:
                 lines += [f"Removed rollback deployment {d.id}" for d in cut]
             if keep != all_:
                 self.sysroot.write_order(keep)
+            if base:  # first: the cached base checkout keeps its objects' data alive
+                base_removed = remove_base_trees(self.sysroot.path, self.osname())
             if base or keep != all_:
                 self.sysroot.cleanup()
             if base:
+                if base_removed:
+                    lines.append("Removed the cached checkout of the base")
                 lines.append("Pruned unreferenced objects")
             if metadata:
                 lines += self._clean_metadata()

@@ -122,14 +122,17 @@ def assemble(
     metadata: Mapping[str, Any],
     progress: Progress,
     options: AssembleOptions = DEFAULT_OPTIONS,
+    lower: Path | None = None,
 ) -> str:
     """Commit `base` + `plan` into `repo` (no ref moves); return the new commit's checksum.
 
-    `workdir` is a scratch folder on the repository's filesystem. Any failure raises an
+    `workdir` is a scratch folder on the repository's filesystem. `lower` is a tree of
+    `base` to use as the overlay's read-only lower layer (never written); without it `base`
+    is checked out with hardlinks into `workdir`. Any failure raises an
     AptOstreeError (LayeringError naming the package and script when dpkg failed); the
     repository then has no new commit and nothing stays mounted.
     """
-    layer = _Layer(workdir)
+    layer = _Layer(workdir, lower)
     try:
         return _assemble(repo, base, plan, layer, metadata, progress, options)
     except OSError as e:  # our own file work on the layer; tools' errors are already ours
@@ -147,11 +150,12 @@ def _assemble(
     progress: Progress,
     options: AssembleOptions,
 ) -> str:
-    with progress.step("Checking out base"):
-        layer.make_dirs()
-        ostree.checkout_hardlinked(repo, base, layer.lower)
-        _var_skeleton(layer.lower, layer.var_lower)
-        _copy_dir_meta(layer.lower, layer.upper)
+    layer.make_dirs()
+    if not layer.lower.is_dir():
+        with progress.step("Checking out base"):
+            ostree.checkout_hardlinked(repo, base, layer.lower)
+    _var_skeleton(layer.lower, layer.var_lower)
+    _copy_dir_meta(layer.lower, layer.upper)
     with layer.mounted():
         _write_policy_rc_d(layer.merged)
         _run_dpkg(layer, plan, progress, options)
@@ -186,11 +190,11 @@ class _Layer:
 
     NAMES = ("lower", "upper", "work", "merged", "var-lower", "var-upper", "var-work", "var")
 
-    def __init__(self, workdir: Path) -> None:
-        if any(c in str(workdir) for c in ",:\\\n"):
+    def __init__(self, workdir: Path, lower: Path | None = None) -> None:
+        if any(c in str(p) for p in (workdir, lower or workdir) for c in ",:\\\n"):
             raise LayeringError(f"{workdir}: a layering folder cannot have ',', ':' or '\\'")
         self.workdir = workdir
-        self.lower = workdir / "lower"
+        self.lower = lower or workdir / "lower"  # a given lower is never removed nor written
         self.upper = workdir / "upper"
         self.work = workdir / "work"
         self.merged = workdir / "merged"
@@ -200,7 +204,7 @@ class _Layer:
         self.var_merged = workdir / "var"
 
     def make_dirs(self) -> None:
-        for name in self.NAMES[1:]:  # libostree makes lower
+        for name in self.NAMES[1:]:  # libostree makes lower, or it is given
             (self.workdir / name).mkdir()
 
     def remove(self) -> None:

@@ -3,8 +3,8 @@
 Every change (install, override, upgrade, rebase) rebuilds from the pristine base commit, so
 the result never depends on history: resolve the origin's requests against the new base's
 dpkg status and the machine's own apt sources (`resolve.plan_layer`), then apply the plan on
-an overlay above a hardlinked checkout of the base and commit only the difference
-(`assemble.assemble`).
+an overlay above a tree of the base (`base_tree`: a deployment of it, or a hardlinked checkout
+kept while the base is current) and commit only the difference (`assemble.assemble`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,40 @@ def cache_dir(sysroot: Path, osname: str) -> Path:
 def local_dir(sysroot: Path, osname: str) -> Path:
     """Where requested local .debs are kept, so upgrades can apply them again."""
     return cache_dir(sysroot, osname) / "local"
+
+
+def base_trees_dir(sysroot: Path, osname: str) -> Path:
+    """Where the hardlinked checkout of the base being layered on is kept between changes."""
+    return cache_dir(sysroot, osname) / "base"
+
+
+def base_tree(sysroot: ostree.Sysroot, osname: str, base: str, *, progress: Progress) -> Path:
+    """A tree of `base` to be the read-only lower layer of the assembly: a deployment of
+    exactly `base` when there is one (an unlayered image), else a hardlinked checkout of it
+    kept in the cache, made once per base (later changes on the same base reuse it; a new
+    base replaces it). Its files are the repository's objects: nothing ever writes to them."""
+    for d in sysroot.deployments():
+        if d.osname == osname and d.checksum == base and (d.path / "usr").is_dir():
+            return d.path
+    trees = base_trees_dir(sysroot.path, osname)
+    tree = trees / base
+    if (tree / "usr").is_dir():  # renamed into place only when whole
+        return tree
+    remove_base_trees(sysroot.path, osname)
+    partial = trees / f"{base}.partial"
+    trees.mkdir(parents=True, exist_ok=True)
+    with progress.step("Checking out base"):
+        ostree.checkout_hardlinked(sysroot.repo, base, partial)
+        partial.rename(tree)
+    return tree
+
+
+def remove_base_trees(sysroot: Path, osname: str) -> bool:
+    """Drop the cached base checkouts (they keep their objects' data alive); True if any."""
+    trees = base_trees_dir(sysroot, osname)
+    found = trees.is_dir() and any(trees.iterdir())
+    shutil.rmtree(trees, ignore_errors=True)
+    return found
 
 
 def request_of(origin: Origin, local: Path, *, recommends: bool) -> LayerRequest:
@@ -150,6 +184,7 @@ def _layer(
             repo,
             base,
             plan,
+            lower=base_tree(sysroot, osname, base, progress=progress),
             workdir=workdir,
             metadata=layer_metadata(base, ostree.read_commit(repo, base).version, origin),
             progress=progress,

@@ -90,6 +90,10 @@ def layered(machine: Machine, tmp_path: Path, http_server: Callable[[Path], Serv
     return result
 
 
+def base_trees(layered: Layered) -> Path:
+    return layered.machine.path / "ostree/deploy/test/var/cache/apt-ostree/base"
+
+
 def metadata(layered: Layered, key: str) -> str:
     checksum = str(layered.machine.status()[0]["checksum"])
     repo = layered.machine.path / "ostree/repo"
@@ -100,6 +104,9 @@ def test_install_layers_a_package_with_its_dependency(layered: Layered) -> None:
     base = layered.machine.status()[0]["checksum"]
     result = ok("install", *layered.args(), "htop-aot")
     assert "Added:" in result.stdout and "htop-aot" in result.stdout
+    # the deployment of the base is the overlay's lower: no checkout
+    assert "Checking out base" not in result.stdout
+    assert not base_trees(layered).exists()
     [new, old] = layered.machine.status()
     assert new["requested-packages"] == ["htop-aot"]
     assert new["base-checksum"] == base and old["checksum"] == base
@@ -133,6 +140,16 @@ def test_upgrade_reapplies_layers_onto_the_new_base(layered: Layered) -> None:
     root = layered.deployment()
     assert (root / "usr/bin/htop-aot").exists()
     assert (root / "usr/bin/hello-aot").read_text().endswith("hello 1.1\n")
+    layered.machine.fsck()
+    # no deployment of the new base: its checkout is kept for the next change, made once
+    assert [p.name for p in base_trees(layered).iterdir()] == [new["base-checksum"]]
+    more = ok("install", *layered.args(), "state-aot")
+    assert "Checking out base" not in more.stdout
+    assert (layered.deployment() / "usr/bin/state-aot").exists()
+    assert (layered.deployment() / "usr/bin/htop-aot").exists()
+    cleaned = ok("cleanup", *layered.args(), "-b")
+    assert "Removed the cached checkout of the base" in cleaned.stdout
+    assert not base_trees(layered).exists()
     layered.machine.fsck()
 
 

@@ -42,6 +42,30 @@ from apt_ostree.run import run
 
 BOOTED_MARKER = Path("/run/ostree-booted")
 
+# Sysroots whose cleanup (dropped deployments' trees removed, repository pruned) was left for
+# after the result: see `defer_cleanups`.
+_cleanups_due: set[Path] = set()
+_defer_cleanups = False
+
+
+def defer_cleanups() -> None:
+    """From now on, a deploy into a folder sysroot leaves the trees of the deployments it
+    drops, and the unreachable objects, to `run_deferred_cleanups()`: the daemon's worker
+    reports the result first, then cleans up before the next transaction starts (on a booted
+    machine a staged deployment is cleaned up at shutdown anyway)."""
+    global _defer_cleanups
+    _defer_cleanups = True
+
+
+def run_deferred_cleanups(progress: Progress) -> None:
+    """Do the cleanups `defer_cleanups()` left; a sysroot locked by another process is left
+    for its own next cleanup (libostree removes any tree that is not a deployment)."""
+    while _cleanups_due:
+        path = _cleanups_due.pop()
+        sysroot = ostree.Sysroot(path)
+        with progress.step("Removing dropped deployments and pruning"), sysroot.locked():
+            sysroot.cleanup()
+
 
 class DeploymentError(AptOstreeError):
     """A deployment operation was refused or failed (nothing was changed)."""
@@ -289,7 +313,10 @@ class SysrootClient:
                 merge=merge,
                 kargs=kargs if kargs is not None else merge.kargs,
                 stage=stage,
+                clean=not _defer_cleanups,
             )
+            if _defer_cleanups and not stage:
+                _cleanups_due.add(self.sysroot.path)
             if root is not None:
                 added = merge_accounts(root)
                 if added:

@@ -285,12 +285,15 @@ class Sysroot:
         merge: Deployment | None,
         kargs: Sequence[str] | None,
         stage: bool,
+        clean: bool = True,
     ) -> Path | None:
         """Deploy `checksum` as the new default of `osname`, keeping the merge deployment;
         return the new deployment's root (None when staged: written at shutdown).
 
         On a booted system the deployment is staged (libostree writes it at shutdown, with
-        /etc merged then); in a folder sysroot it is written at once.
+        /etc merged then); in a folder sysroot it is written at once, and unless `clean` is
+        false the trees of the deployments it drops are removed and the repository pruned
+        (`cleanup()`: that costs what the image weighs, so a caller may do it later).
         """
         merge_gi = self._find(merge) if merge is not None else None
         argv = list(kargs) if kargs is not None else None
@@ -301,8 +304,9 @@ class Sysroot:
             _, new = self._sysroot.deploy_tree(
                 osname, checksum, _keyfile(origin), merge_gi, argv, None
             )
+            flags = OSTree.SysrootSimpleWriteDeploymentFlags
             self._sysroot.simple_write_deployment(
-                osname, new, merge_gi, OSTree.SysrootSimpleWriteDeploymentFlags.NONE, None
+                osname, new, merge_gi, flags.NONE if clean else flags.NO_CLEAN, None
             )
             return self.path / str(self._sysroot.get_deployment_dirpath(new))
         except GLib.Error as e:

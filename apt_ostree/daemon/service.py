@@ -155,10 +155,12 @@ class Daemon:
         )
 
     def begin(self, title: str, argv: Sequence[str], caller: Caller) -> Transaction:
-        if self.active is not None:
-            raise BusyError(f"transaction {self.active.describe()} is running")
+        previous = self.active
+        if previous is not None and not previous.reported:
+            raise BusyError(f"transaction {previous.describe()} is running")
         self._number += 1
-        txn = Transaction(self._number, title, argv, caller, self._done)
+        # a reported transaction's worker may still clean up: the new one starts after it
+        txn = Transaction(self._number, title, argv, caller, self._done, after=previous)
         txn.authorize_cancel = lambda sender: self._authorize_cancel(txn, sender)
         self.active = txn
         self.transaction_added.emit(txn)

@@ -2,8 +2,10 @@
 
 Bus-free: the signals are dasbus `Signal`s that `transaction_interface.py` re-emits on the bus.
 The worker (`apt_ostree/daemon/worker.py`) writes JSON lines on a pipe; a GLib watch on the
-pipe turns each into a signal, and end of file (the worker exited, or was killed) ends the
-transaction with `finished`.
+pipe turns each into a signal. The worker's `finished` line is the client's result; end of
+file (the worker exited, or was killed) ends the transaction, with `finished` if the worker
+never said it. Between the two the worker cleans up (see worker.py); a transaction begun then
+starts its own worker only after that one exits.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Transaction:
         argv: Sequence[str],
         caller: Caller,
         on_done: Callable[[Transaction], None],
+        after: Transaction | None = None,
     ) -> None:
         self.path = f"{keys.TRANSACTION_PATH_PREFIX}/{number}"
         self.title = title
@@ -62,7 +65,12 @@ class Transaction:
         self._buffer = b""
         self._result: tuple[bool, str, str] | None = None
         self.cancelled = False
-        self.done = False
+        self.reported = False  # finished was emitted (the worker may still clean up)
+        self.done = False  # the worker is gone
+        # a transaction whose worker still cleans up after its result: ours waits for it
+        self._after = after if after is not None and not after.done else None
+        self._on_exit: list[Callable[[], None]] = []
+        self._waiting = False
         # signals: message(text), task_begin(title), task_end(title, seconds),
         # percent(title, done, total), download(done, total, speed, final), live(text, final),
         # output(line), finished(success, error_message, error_name)
@@ -80,14 +88,24 @@ class Transaction:
 
     @property
     def started(self) -> bool:
-        return self._proc is not None
+        return self._proc is not None or self._waiting
 
     def describe(self) -> str:
         return f"{self.path} ({self.title}) for client {self.caller}"
 
     def start(self) -> None:
-        if self._proc is not None:
+        if self._proc is not None or self._waiting:
             return  # a second Start() is harmless
+        if self._after is not None and not self._after.done:
+            self._waiting = True
+            self._after._on_exit.append(self._spawn)
+            return
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._waiting = False
+        if self.done:
+            return  # cancelled while it waited
         argv = [sys.executable, "-m", "apt_ostree.daemon.worker", *self.argv]
         log.info("transaction %s: %s", self.path, " ".join(argv))
         env = {**os.environ, PARENT_ENV: str(os.getpid())}
@@ -164,6 +182,14 @@ class Transaction:
             self.cached_update.emit(json.dumps(update) if update is not None else "")
         elif kind == "finished":
             self._result = (bool(ev["success"]), ev["error_message"], ev["error_name"])
+            self._report(self._result)  # the client has its result; cleanup may follow
+
+    def _report(self, result: tuple[bool, str, str]) -> None:
+        if self.reported:
+            return
+        self.reported = True
+        log.info("transaction %s finished: %s", self.path, result)
+        self.finished.emit(*result)
 
     def _finish(self) -> None:
         if self.done:
@@ -177,6 +203,8 @@ class Transaction:
             code = self._proc.returncode if self._proc else None
             text = f"signal {-code}" if code is not None and code < 0 else f"status {code}"
             result = (False, f"the transaction's worker died ({text})", f"{ERROR_PREFIX}.Failed")
-        log.info("transaction %s finished: %s", self.path, result)
-        self.finished.emit(*result)
+        self._report(result)
         self._on_done(self)
+        callbacks, self._on_exit = self._on_exit, []
+        for callback in callbacks:
+            callback()

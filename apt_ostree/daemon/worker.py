@@ -3,7 +3,9 @@
 Runs one client verb in-process, exactly as `apt-ostree --sysroot DIR VERB ...` does (same
 parser, same functions, same output), and reports on its stdout as JSON lines: progress
 (`JsonProgress`), each line the verb prints (`{"kind": "output"}`), and at the end
-`{"kind": "finished", "success", "error_name", "error_message"}`.
+`{"kind": "finished", "success", "error_name", "error_message"}`; after that it removes the
+deployments the verb dropped and prunes the repository (deferred: `defer_cleanups`), so the
+client has its result without waiting for work that costs what the image weighs.
 
 Why a child process and not a thread: python3-apt holds the GIL while it downloads (a thread
 would freeze the bus), and the verbs are crash-safe under SIGKILL, so cancelling is killing the
@@ -102,6 +104,9 @@ def run(argv: Sequence[str], events: TextIO) -> int:
     # imported here: the CLI modules import libostree and apt, after PDEATHSIG is set
     from apt_ostree.cli import client
     from apt_ostree.cli.main import build_parser
+    from apt_ostree.deployments import defer_cleanups
+
+    defer_cleanups()
 
     progress = JsonProgress(events)
     # the verbs render through `client.TerminalProgress()`: report as JSON instead
@@ -126,7 +131,21 @@ def run(argv: Sequence[str], events: TextIO) -> int:
         success, name, message = False, f"{ERROR_PREFIX}.Failed", repr(e)
     out.flush()
     progress.emit("finished", success=success, error_name=name, error_message=message)
+    _housekeeping()
     return 0 if success else 1
+
+
+def _housekeeping() -> None:
+    """After the result: the cleanup the verb deferred (dropped deployments' trees, repository
+    prune: what the image weighs, not what changed). The daemon starts no transaction until
+    this worker exits; its lines go to stderr (the daemon's log), not to the client."""
+    from apt_ostree.deployments import run_deferred_cleanups
+    from apt_ostree.progress import TerminalProgress
+
+    try:
+        run_deferred_cleanups(TerminalProgress(sys.stderr))
+    except (AptOstreeError, Terminated) as e:  # left for the next cleanup
+        print(f"worker: cleanup after the transaction: {e or 'cancelled'}", file=sys.stderr)
 
 
 def automatic(argv: Sequence[str], progress: JsonProgress) -> None:

@@ -223,6 +223,13 @@ def get_property(bus: PrivateBus, name: str) -> Any:
         conn.close_sync(None)
 
 
+def wait_idle(bus: PrivateBus, timeout: float = 60) -> None:
+    """Until the daemon runs no transaction: a worker cleans up after its result (dropped
+    deployments, prune), and an `ostree fsck` must not race with the prune."""
+    wait_for(lambda: get_property(bus, "ActiveTransaction")[2] == "", "the daemon to be idle",
+             timeout)  # fmt: skip
+
+
 def install_activation(bus: PrivateBus, sysroot: Path, config: Path) -> None:
     """A D-Bus activation file like data/'s, starting apt-ostreed on the folder sysroot."""
     exec_line = f"{sys.executable} -m apt_ostree.daemon.main --sysroot {sysroot} --config {config}"

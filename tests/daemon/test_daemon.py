@@ -26,6 +26,7 @@ from tests.daemon.bus import (
     install_activation,
     run_client,
     wait_for,
+    wait_idle,
 )
 from tests.support.images import remove_sysroot
 from tests.support.sysroots import Machine, cli, ok
@@ -165,6 +166,7 @@ def test_daemon_killed_mid_transaction_leaves_the_sysroot_consistent(
     upgraded = run_client(bus, "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
     assert machine.versions() == ["1.1", "1.0"]
+    wait_idle(bus)
     machine.fsck()
 
 

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.bus import DENIED_USER, Daemon, PrivateBus, Running, run_client, wait_for
+from tests.daemon.bus import (
+    DENIED_USER,
+    Daemon,
+    PrivateBus,
+    Running,
+    run_client,
+    wait_for,
+    wait_idle,
+)
 from tests.deploy.test_layering import LAYER_DEBS, point_apt_at
 from tests.support.aptrepo import AptRepo
 from tests.support.debian import SUITE
@@ -71,6 +79,23 @@ def test_install_and_uninstall_through_the_daemon(
     assert layered.status()[0]["initramfs-args"] == ["--add-drivers", "virtio_blk"]
     assert run_client(bus, "initramfs", "--disable").returncode == 0
     assert layered.status()[0]["regenerate-initramfs"] is False
+    wait_idle(bus)
+    layered.fsck()
+    # the worker removed the trees of the deployments each change dropped, after its result
+    trees = sorted(p.name for p in layered.path.glob("ostree/deploy/test/deploy/*")
+                   if p.is_dir())  # fmt: skip
+    assert trees == sorted(str(d["id"]).removeprefix("test-") for d in layered.status())
+
+
+def test_a_transaction_begun_while_the_last_one_cleans_up_waits_for_it(
+    bus: PrivateBus, daemon: Daemon, layered: Machine
+) -> None:
+    # back to back: each change's result comes before its cleanup, the next one still runs
+    for verb in ("install", "uninstall", "install", "uninstall"):
+        result = run_client(bus, verb, "htop-aot")
+        assert result.returncode == 0, (verb, result.stderr)
+    assert layered.status()[0]["requested-packages"] == []
+    wait_idle(bus)
     layered.fsck()
 
 

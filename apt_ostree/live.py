@@ -305,6 +305,8 @@ def apply_live(client: SysrootClient, *, allow_replacement: bool = False) -> Out
         pending = _pending(client, booted)
         _check_base(client, booted, pending.checksum)
         live = read_state(booted)
+        if live is None:  # a ref left by an earlier boot's apply-live pins an old commit
+            ostree.set_ref(client.repo, LIVE_REF, None)
         source = live.commit if live else booted.checksum
         if source == pending.checksum:
             return Outcome(False, ("No changes to apply: the pending deployment is live.",))

@@ -332,6 +332,16 @@ class Sysroot:
             raise _fail(f"cannot clean up {self.path}", e) from e
 
 
+def set_config(repo: Any, group: str, key: str, value: str) -> None:
+    """Set `[group] key=value` in the repository's config (as `ostree config set`)."""
+    config = repo.copy_config()
+    config.set_string(group, key, value)
+    try:
+        repo.write_config(config)
+    except GLib.Error as e:
+        raise _fail(f"cannot write the config of {repo.get_path().get_path()}", e) from e
+
+
 def add_remote(
     repo: Any,
     name: str,

@@ -238,13 +238,15 @@ def _register_image(sub: Any) -> None:
         "--bootloader",
         choices=[b.value for b in image_mod.Bootloader],
         default=image_mod.Bootloader.SYSTEMD_BOOT.value,
+        help="systemd-boot (UEFI, the default) or grub (BIOS: GRUB 2.06 from grub-pc-bin,"
+        " following libostree's /boot/loader/syslinux.cfg)",
     )
     image.add_argument("--osname", default="debian", help="the stateroot (default debian)")
     image.add_argument(
         "--cachedir",
         type=Path,
         default=image_mod.DEFAULT_CACHEDIR,
-        help=f"where the EFI ext4 driver is kept (default {image_mod.DEFAULT_CACHEDIR})",
+        help=f"where systemd-boot's EFI ext4 driver is kept (default {image_mod.DEFAULT_CACHEDIR})",
     )
     image.set_defaults(func=cmd_image)
 

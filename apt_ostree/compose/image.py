@@ -5,20 +5,22 @@ The layout follows ../shared/notes/booting.md (what boots on Debian 12's libostr
 | # | partition | type | content |
 | - | --- | --- | --- |
 | 1 | BIOS boot, 1 MiB | `ef02` | GRUB's core image (`--bootloader grub`) |
-| 2 | EFI system partition, FAT | `ef00` | systemd-boot and rEFInd's ext4 driver |
-| 3 | /boot, ext4, label `boot` | XBOOTLDR | libostree's BLS entries, kernels, initramfs |
+| 2 | EFI system partition, FAT | `ef00` | systemd-boot and rEFInd's ext4 driver (empty for grub) |
+| 3 | /boot, ext4, label `boot` | XBOOTLDR | BLS entries (grub: syslinux.cfg), kernels, initramfs |
 | 4 | root, ext4, label `root` | Linux x86-64 root | the sysroot: `ostree/repo`, `ostree/deploy` |
 
 /boot is its own ext4 partition because libostree swaps `/boot/loader` as a symlink, which
 FAT cannot hold; libostree 2022.7 then writes entry paths relative to that partition, which is
-what systemd-boot (XBOOTLDR, read through rEFInd's ext4 driver) and GRUB both want.
+what systemd-boot (XBOOTLDR, read through rEFInd's ext4 driver) and GRUB both want. How GRUB
+follows libostree's deployments under BIOS: see `grub.py`.
 
 Nothing is mounted and no loop device is used: the sysroot is deployed by libostree into a
 scratch folder, each ext4 filesystem is written from a folder straight into its partition of the
 image file (`mke2fs -d` with `-E offset=`; hard links are kept, so the deployment's files still
 share their inodes with the sysroot repository), the ESP is formatted at its offset
-(`mkfs.fat --offset`) and filled with mtools (`-i IMAGE@@OFFSET`). So a failure leaves nothing
-behind but the scratch folder and the partial output, both removed here.
+(`mkfs.fat --offset`) and filled with mtools (`-i IMAGE@@OFFSET`), GRUB's boot code is written
+at its offsets (`grub.write_boot_code`). So a failure leaves nothing behind but the scratch
+folder and the partial output, both removed here.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from apt_ostree import ostree
+from apt_ostree.compose import grub
 from apt_ostree.deployments import remove_tree
 from apt_ostree.errors import AptOstreeError, UsageError
 from apt_ostree.origin import Origin, Refspec
@@ -207,8 +210,8 @@ def _check(opts: ImageOptions) -> None:
         raise UsageError(f"{opts.repo} is not an OSTree repository")
     if ostree.resolve_ref(ostree.open_repo(opts.repo), opts.ref) is None:
         raise UsageError(f"{opts.ref}: no such ref in {opts.repo}")
-    if opts.bootloader is Bootloader.GRUB:
-        raise UsageError("--bootloader grub is not implemented yet: use systemd-boot")
+    if opts.bootloader is Bootloader.GRUB and (why := grub.check_available()) is not None:
+        raise UsageError(why)
     for path in opts.etc_files:
         if path.startswith("/") or ".." in Path(path).parts:
             raise UsageError(f"etc file {path!r}: expected a path relative to /etc")
@@ -217,12 +220,15 @@ def _check(opts: ImageOptions) -> None:
 def _build(
     opts: ImageOptions, parts: list[Partition], scratch: Path, raw: Path, progress: Progress
 ) -> ImageResult:
-    driver = ext4_driver(opts.cachedir, progress)
+    systemd_boot = opts.bootloader is Bootloader.SYSTEMD_BOOT
+    driver = ext4_driver(opts.cachedir, progress) if systemd_boot else None
     kargs = default_kargs(opts.kargs)
     checksum = _deploy(opts, scratch / "sysroot", kargs, progress)
     boot = scratch / "boot"
     (scratch / "sysroot" / "boot").rename(boot)
     (scratch / "sysroot" / "boot").mkdir()
+    if not systemd_boot:
+        grub.install_files(boot)
     _check_fits(scratch / "sysroot", parts[3], "the sysroot")
     _check_fits(boot, parts[2], "/boot")
     write_disk(raw, opts.size, parts, scratch / "sysroot", boot, driver, progress)
@@ -247,15 +253,24 @@ def write_disk(
     parts: Sequence[Partition],
     root: Path,
     boot: Path,
-    driver: Path,
+    driver: Path | None,
     progress: Progress,
 ) -> None:
-    """Write the GPT disk `raw`: partitions of `layout()`, the ESP with systemd-boot, and the
-    folders `boot` and `root` as the XBOOTLDR and root ext4 filesystems."""
+    """Write the GPT disk `raw`: partitions of `layout()`, the ESP with systemd-boot (its ext4
+    `driver`), or GRUB's boot code and an empty ESP when `driver` is None, and the folders
+    `boot` and `root` as the XBOOTLDR and root ext4 filesystems."""
     with progress.step("Partitioning"):
         _partition(raw, size, parts)
-    with progress.step("Writing the EFI system partition (systemd-boot)"):
-        _write_esp(raw, parts[1], driver)
+    if driver is not None:
+        with progress.step("Writing the EFI system partition (systemd-boot)"):
+            _format_esp(raw, parts[1])
+            _fill_esp(raw, parts[1], driver)
+    else:
+        with progress.step("Writing GRUB (BIOS boot partition and MBR)"):
+            grub.write_boot_code(raw, parts[0].start, parts[0].size, grub.make_core(BOOT_LABEL))
+        with progress.step("Writing the EFI system partition (empty)"):
+            # formatted all the same: systemd's gpt-auto generator mounts it on /efi
+            _format_esp(raw, parts[1])
     with progress.step("Writing /boot (ext4, XBOOTLDR)"):
         _mkfs_ext4(raw, parts[2], BOOT_LABEL, boot)
     with progress.step("Writing the root filesystem (ext4)"):
@@ -265,6 +280,10 @@ def write_disk(
 def _deploy(opts: ImageOptions, path: Path, kargs: Sequence[str], progress: Progress) -> str:
     with progress.step(f"Deploying {opts.ref} into a scratch sysroot"):
         sysroot = ostree.Sysroot.initialize(path, opts.osname)
+        if opts.bootloader is Bootloader.GRUB:
+            # libostree then rewrites /boot/loader/syslinux.cfg at every deployment write
+            ostree.set_config(sysroot.repo, "sysroot", "bootloader", "syslinux")
+            grub.seed_boot(path / "boot")
         remote = opts.remote
         if remote is not None:
             ostree.add_remote(
@@ -333,7 +352,7 @@ def _partition(raw: Path, size: int, parts: Sequence[Partition]) -> None:
     run([*argv, raw], what="sgdisk")
 
 
-def _write_esp(raw: Path, esp: Partition, driver: Path) -> None:
+def _format_esp(raw: Path, esp: Partition) -> None:
     # mkfs.fat's size argument is in KiB; --offset in sectors
     run(
         [
@@ -351,6 +370,9 @@ def _write_esp(raw: Path, esp: Partition, driver: Path) -> None:
         ],
         what="mkfs.fat",
     )
+
+
+def _fill_esp(raw: Path, esp: Partition, driver: Path) -> None:
     image = f"{raw}@@{esp.start}"
     for folder in (
         "::/EFI",

@@ -22,14 +22,16 @@ SCRIPT_TEXT = """\
 #!/bin/sh
 # Append to /etc/{passwd,group,shadow,gshadow} the accounts that the image's /usr/etc
 # defines and this machine's /etc lacks; local accounts are kept (apt-ostree, accounts.py).
+# One awk per database: it runs early at every boot (a loop of greps took 16 s under qemu TCG).
+# merge-accounts [ROOT]: the tree at ROOT (default /).
 set -e
+root=${1:-}
 for db in passwd group shadow gshadow; do
-    [ -f "/usr/etc/$db" ] && [ -f "/etc/$db" ] || continue
-    while IFS= read -r line; do
-        name=${line%%:*}
-        [ -n "$name" ] || continue
-        grep -q "^$name:" "/etc/$db" || printf '%s\\n' "$line" >> "/etc/$db"
-    done < "/usr/etc/$db"
+    image="$root/usr/etc/$db" etc="$root/etc/$db"
+    [ -f "$image" ] && [ -f "$etc" ] || continue
+    new=$(awk -F: 'FILENAME == ARGV[1] { have[$1] = 1; next } $1 != "" && !($1 in have)' \\
+        "$etc" "$image")
+    [ -z "$new" ] || printf "%s\\n" "$new" >> "$etc"
 done
 """
 

@@ -46,6 +46,13 @@ BOOTED_MARKER = Path("/run/ostree-booted")
 # after the result: see `defer_cleanups`.
 _cleanups_due: set[Path] = set()
 _defer_cleanups = False
+_recommends = False  # layering installs Recommends: apt-ostreed's `Recommends=` (see worker.py)
+
+
+def install_recommends(enabled: bool) -> None:
+    """Whether layering also installs the packages' Recommends (default: no, as compose)."""
+    global _recommends
+    _recommends = enabled
 
 
 def defer_cleanups() -> None:
@@ -302,6 +309,7 @@ class SysrootClient:
                 deployment=merge.path,
                 progress=self.progress,
                 allow_inactive=allow_inactive,
+                recommends=_recommends,
             )
         stage = self.sysroot.is_booted()
         verb = "Staging" if stage else "Deploying"

@@ -23,6 +23,7 @@ from apt_ostree.daemon.config import DaemonConfig, Policy, load_config
 from apt_ostree.daemon.polkit import check_authorization
 from apt_ostree.daemon.transaction import Caller, Transaction
 from apt_ostree.daemon.verbs import Verb, action_of, worker_argv
+from apt_ostree.daemon.worker import RECOMMENDS_ENV
 from apt_ostree.deployments import SysrootClient
 from apt_ostree.errors import AptOstreeError, UsageError
 from apt_ostree.progress import Progress
@@ -160,7 +161,8 @@ class Daemon:
             raise BusyError(f"transaction {previous.describe()} is running")
         self._number += 1
         # a reported transaction's worker may still clean up: the new one starts after it
-        txn = Transaction(self._number, title, argv, caller, self._done, after=previous)
+        env = {RECOMMENDS_ENV: "1" if self.config.recommends else "0"}
+        txn = Transaction(self._number, title, argv, caller, self._done, after=previous, env=env)
         txn.authorize_cancel = lambda sender: self._authorize_cancel(txn, sender)
         self.active = txn
         self.transaction_added.emit(txn)

@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,10 +55,12 @@ class Transaction:
         caller: Caller,
         on_done: Callable[[Transaction], None],
         after: Transaction | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.path = f"{keys.TRANSACTION_PATH_PREFIX}/{number}"
         self.title = title
         self.argv = list(argv)
+        self.env = dict(env or {})  # for the worker, over the daemon's own environment
         self.caller = caller
         self._on_done = on_done
         self._proc: subprocess.Popen[bytes] | None = None
@@ -108,7 +110,7 @@ class Transaction:
             return  # cancelled while it waited
         argv = [sys.executable, "-m", "apt_ostree.daemon.worker", *self.argv]
         log.info("transaction %s: %s", self.path, " ".join(argv))
-        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        env = {**os.environ, **self.env, PARENT_ENV: str(os.getpid())}
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True, env=env)
         assert self._proc.stdout is not None
         fd = self._proc.stdout.fileno()

@@ -33,6 +33,7 @@ from apt_ostree.progress import JsonProgress
 
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "APT_OSTREED_PID"
+RECOMMENDS_ENV = "APT_OSTREED_RECOMMENDS"  # "1": the daemon's config says Recommends=true
 
 
 class _OutputStream(io.TextIOBase):
@@ -104,9 +105,10 @@ def run(argv: Sequence[str], events: TextIO) -> int:
     # imported here: the CLI modules import libostree and apt, after PDEATHSIG is set
     from apt_ostree.cli import client
     from apt_ostree.cli.main import build_parser
-    from apt_ostree.deployments import defer_cleanups
+    from apt_ostree.deployments import defer_cleanups, install_recommends
 
     defer_cleanups()
+    install_recommends(os.environ.get(RECOMMENDS_ENV) == "1")
 
     progress = JsonProgress(events)
     # the verbs render through `client.TerminalProgress()`: report as JSON instead

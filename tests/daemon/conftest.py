@@ -3,14 +3,24 @@ folder sysroot (the `machine` of tests/deploy: test/os 1.0 deployed, the remote 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from gi.repository import GLib
 
-from tests.daemon.bus import Daemon, PrivateBus, start_bus, start_daemon, start_polkitd, stop
+from tests.daemon.bus import (
+    Daemon,
+    PrivateBus,
+    start_bus,
+    start_daemon,
+    start_polkitd,
+    stop,
+    wait_idle,
+)
 from tests.deploy import conftest as deploy
 from tests.support.sysroots import Machine
 
@@ -59,6 +69,15 @@ def start(
 
 @pytest.fixture
 def daemon(
-    start: Callable[[Path], Daemon], machine: Machine, polkitd: subprocess.Popen[bytes]
-) -> Daemon:
-    return start(machine.path)
+    bus: PrivateBus,
+    start: Callable[[Path], Daemon],
+    machine: Machine,
+    polkitd: subprocess.Popen[bytes],
+) -> Iterator[Daemon]:
+    d = start(machine.path)
+    yield d
+    if d.proc.poll() is None:
+        # its worker may still clean up after the last result: let it end before the
+        # machine's sysroot is removed (torn down after this fixture)
+        with contextlib.suppress(AssertionError, GLib.Error):
+            wait_idle(bus)

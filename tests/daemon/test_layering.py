@@ -3,6 +3,7 @@ maintainer script runs (the setup is tests/deploy/test_layering.py's)."""
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -29,13 +30,17 @@ pytestmark = [pytest.mark.slow]
 
 SLEEP_MARK = "4321"  # `sleep 4321` in a postinst: found in /proc while it runs
 SLEEPY = DebSpec(name="sleepy-aot", postinst=f"#!/bin/sh\nsleep {SLEEP_MARK}\n")
+RECOMMENDS = (
+    DebSpec(name="recommender-aot", recommends="recommended-aot"),
+    DebSpec(name="recommended-aot"),
+)
 
 
 @pytest.fixture
 def layered(machine: Machine, tmp_path: Path, http_server: Callable[[Path], Server]) -> Machine:
     apt = AptRepo(tmp_path / "layer-apt", suite=SUITE, key=machine.served.images.gpg_key)
     apt.add_debs(machine.served.images.apt.debs())
-    apt.add(*LAYER_DEBS, SLEEPY)
+    apt.add(*LAYER_DEBS, SLEEPY, *RECOMMENDS)
     apt.publish()
     server = http_server(apt.path)
     for deployment in machine.path.glob("ostree/deploy/test/deploy/*"):
@@ -85,6 +90,25 @@ def test_install_and_uninstall_through_the_daemon(
     trees = sorted(p.name for p in layered.path.glob("ostree/deploy/test/deploy/*")
                    if p.is_dir())  # fmt: skip
     assert trees == sorted(str(d["id"]).removeprefix("test-") for d in layered.status())
+
+
+def test_recommends_follow_the_daemon_config(
+    bus: PrivateBus, daemon: Daemon, layered: Machine, daemon_config: Path
+) -> None:
+    def layered_packages() -> list[str]:
+        deployment = str(layered.status()[0]["id"]).removeprefix("test-")
+        db = layered.path / "ostree/deploy/test/deploy" / deployment / "usr/lib/sysimage/dpkg"
+        listed = re.findall(r"^Package: (recomm\S+)$", (db / "status").read_text(), re.M)
+        return sorted(listed)
+
+    assert run_client(bus, "install", "recommender-aot").returncode == 0
+    assert layered_packages() == ["recommender-aot"]  # the default: Recommends=false
+    daemon_config.write_text("[Daemon]\nIdleExitTimeout=0\nRecommends=true\n")
+    assert run_client(bus, "reload").returncode == 0
+    assert run_client(bus, "uninstall", "recommender-aot").returncode == 0
+    result = run_client(bus, "install", "recommender-aot")
+    assert result.returncode == 0, result.stderr
+    assert layered_packages() == ["recommended-aot", "recommender-aot"]
 
 
 def test_a_transaction_begun_while_the_last_one_cleans_up_waits_for_it(

@@ -7,6 +7,9 @@ apt-ostreed (the CLI without --sysroot on a booted machine goes over the system 
 - 6: `usroverlay`: /usr writable (a file written), `status` says unlocked; after a reboot
   /usr is read-only again and the file is gone.
 
+Then, on the same boot: an uninstall is refused live without --allow-replacement and applied
+with it, and `install --apply-live` brings the package back (a diff from the live commit).
+
 One boot session, in that order: apply-live's transient unlock and usroverlay's development
 unlock exclude each other within one boot, so scenario 6 runs after the first reboot.
 """
@@ -136,3 +139,17 @@ def test_apply_live_then_reboot_then_usroverlay(apt_ostree_image: Path, tmp_path
         assert usr.returncode != 0 and "Read-only file system" in usr.output
         final = booted(guest)
         assert final["unlocked"] == "none" and final["checksum"] == pending["checksum"]
+
+        # a removal needs --allow-replacement; install --apply-live diffs from the live commit
+        guest.check(f"apt-ostree uninstall {PACKAGE.name}", timeout=INSTALL_TIMEOUT)
+        refused = guest.run("apt-ostree apply-live", timeout=300)
+        assert refused.returncode == 1, refused.output
+        assert f"packages would change or go: {PACKAGE.name} 1.0 removed" in refused.output
+        assert guest.check(COMMAND) == SAYS  # nothing changed
+        guest.check("apt-ostree apply-live --allow-replacement", timeout=600)
+        assert guest.run(f"command -v {COMMAND}").returncode != 0
+        assert guest.run(f"test -e /usr/share/{PACKAGE.name}").returncode == 1
+        assert booted(guest)["live-replaced"] is True
+        guest.check(f"apt-ostree install --apply-live {PACKAGE.name}", timeout=INSTALL_TIMEOUT)
+        assert guest.check(COMMAND) == SAYS
+        assert booted(guest)["live-commit"] == status(guest)[0]["checksum"]

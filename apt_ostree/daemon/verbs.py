@@ -197,7 +197,8 @@ def call_arguments(verb: Verb, args: argparse.Namespace) -> tuple[list[Any], dic
     options: dict[str, Any] = {}
     for arg in verb.options:
         value = getattr(args, arg.attr, None)
-        if value not in (None, False, []):
+        # not `value in (None, False, [])`: 0 == False, and --deploy-index=0 was dropped
+        if value is not None and value is not False and value != []:
             options[arg.name] = value
     return positional, options
 

@@ -43,6 +43,18 @@ def test_cli_arguments_become_the_same_cli_line() -> None:
         assert getattr(again, key) == getattr(args, key)
 
 
+def test_an_integer_option_of_zero_is_passed() -> None:
+    # found on a real boot: `kargs --deploy-index=0` reached the worker without the index
+    parser = build_parser()
+    args = parser.parse_args(["kargs", "--append=a", "--deploy-index=0"])
+    verb = verb_of(args)
+    assert verb is not None
+    _, options = call_arguments(verb, args)
+    assert options["deploy-index"] == 0
+    again = parser.parse_args(worker_argv(verb, SYSROOT, "test", [], options))
+    assert again.deploy_index == 0
+
+
 def test_local_debs_are_made_absolute_and_need_their_own_action(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

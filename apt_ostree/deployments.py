@@ -228,6 +228,16 @@ class SysrootClient:
         booted = [d for d in own if d.booted]
         return booted[0] if booted else own[0]
 
+    def origin_deployment(self) -> ostree.Deployment:
+        """The deployment whose origin (refspec, requests) and base a change starts from: the
+        default one, so that changes queue up on a pending deployment (an upgrade staged, then
+        a package layered on it) as rpm-ostree's origin merge deployment does; the new
+        deployment's /etc and apt sources still come from `merge_deployment()`."""
+        own = self._own()
+        if not own:
+            raise DeploymentError(f"stateroot {self.osname()} has no deployment")
+        return own[0]
+
     def _origin(self, d: ostree.Deployment) -> Origin:
         try:
             return Origin.parse(d.origin)
@@ -355,8 +365,8 @@ class SysrootClient:
     def upgrade(self, options: UpgradeOptions) -> Outcome:
         with self._locked():
             merge = self.merge_deployment()
-            origin = self._origin(merge)
-            current = self.commit(self.commit(merge.checksum).base_checksum)
+            origin = self._origin(self.origin_deployment())
+            current = self.commit(self.commit(self.origin_deployment().checksum).base_checksum)
             if origin.override_commit:
                 return Outcome(
                     False,
@@ -581,8 +591,9 @@ class SysrootClient:
         """Apply `edit` to the origin and deploy the base rebuilt with the new requests."""
         with self._locked():
             merge = self.merge_deployment()
-            origin = self._origin(merge)
-            base = self.commit(self.commit(merge.checksum).base_checksum)
+            source = self.origin_deployment()
+            origin = self._origin(source)
+            base = self.commit(self.commit(source.checksum).base_checksum)
             new_origin = edit(origin, base)
             if new_origin == origin:
                 return Outcome(False, ("No change.",))

@@ -78,7 +78,10 @@ class Origin:
             raise UsageError(
                 "the origin has no [origin] refspec (container origins are not supported)"
             )
-        known = {("origin", "refspec"), ("origin", "override-commit")}
+        # `unlocked` (usroverlay --hotfix) is the state of one deployment, which libostree
+        # leaves to its callers to drop from the origins of new ones
+        # (ostree_deployment_origin_remove_transient_state)
+        known = {("origin", "refspec"), ("origin", "override-commit"), ("origin", "unlocked")}
         known |= {("aptostree", "regenerate-initramfs")} | set(_LISTS.values())
         lists = {
             name: _split_list(parser.get(group, key, fallback=""))

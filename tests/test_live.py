@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from apt_ostree import live, ostree
+from apt_ostree.origin import Origin
 from apt_ostree.pkgdiff import PackageChange, PackageDiff
 from apt_ostree.run import run
 from tests.support.images import remove_sysroot
@@ -184,3 +185,9 @@ def test_live_state_belongs_to_one_boot_of_one_deployment(tmp_path: Path) -> Non
     other = ostree.Deployment("test", "c" * 64, 0, 0, True, False, False, "none", "", (), tmp_path)
     assert live.read_state(other, path) is None
     assert live.read_state(None, path) is None
+
+
+def test_a_hotfix_unlock_is_not_carried_into_new_deployments() -> None:
+    text = "[origin]\nrefspec=origin:test/os\nunlocked=hotfix\n\n[other]\nkey=kept\n"
+    again = Origin.parse(text).to_text()
+    assert "unlocked" not in again and "key=kept" in again

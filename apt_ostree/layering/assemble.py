@@ -259,7 +259,11 @@ def _var_skeleton(lower: Path, var: Path) -> None:
         if not path.startswith("/var/") or ".." in path.split("/"):
             continue
         dest = var / path.removeprefix("/var/")
-        if dest.exists() or dest.is_symlink() or not dest.parent.is_dir():
+        if dest.exists() or dest.is_symlink():
+            continue
+        # parents as systemd-tmpfiles makes them (the sysimage links come before var.conf's
+        # `d /var/cache`: without this, /var/cache/debconf was missing and debconf failed)
+        if not _mkdir_parents_inside(var, dest):
             continue
         if kind == "d":
             dest.mkdir()
@@ -275,6 +279,19 @@ def _var_skeleton(lower: Path, var: Path) -> None:
     if not dpkg.is_symlink():
         shutil.rmtree(dpkg, ignore_errors=True)
         dpkg.symlink_to(os.path.relpath(ADMINDIR, "/var/lib"))
+
+
+def _mkdir_parents_inside(top: Path, dest: Path) -> bool:
+    """Make dest's missing parents (0755) under `top`, never through a symlink (an `L` line
+    may point anywhere, the host included); False when a parent is a symlink or a file."""
+    current = top
+    for part in dest.relative_to(top).parts[:-1]:
+        current = current / part
+        if current.is_symlink() or (current.exists() and not current.is_dir()):
+            return False
+        if not current.exists():
+            current.mkdir(mode=0o755)
+    return True
 
 
 def _lines(conf: Path) -> Iterator[list[str]]:

@@ -93,8 +93,31 @@ def test_minimal_example_is_a_bootable_tree(tmp_path: Path) -> None:
             ["console=ttyS0", "quiet"],
         ]
         subprocess.run(["ostree", "fsck", f"--repo={client}/ostree/repo"], check=True)
+        _layer_real_packages(client)
     finally:
         remove_sysroot(client)
+
+
+def _layer_real_packages(client: Path) -> None:
+    """Real Debian packages layered from the archive (the image's own apt sources): htop, and
+    chrony (a system user made by its postinst through the image's adduser, and a systemd
+    service enabled by deb-systemd-helper, with state under /var)."""
+    result = cli("install", "--sysroot", client, "htop", "chrony")
+    assert result.returncode == 0, result.stderr
+    [new, *_] = json.loads(cli("status", "--sysroot", client, "--json").stdout)["deployments"]
+    assert new["requested-packages"] == ["chrony", "htop"]
+    root = client / "ostree/deploy/debian/deploy" / str(new["id"]).removeprefix("debian-")
+    assert (root / "usr/bin/htop").is_file()
+    assert (root / "usr/lib/systemd/system/chrony.service").is_file()
+    wants = root / "usr/etc/systemd/system/multi-user.target.wants/chrony.service"
+    assert wants.is_symlink()
+    for etc in ("etc", "usr/etc"):  # the image's, and the machine's merged /etc
+        assert "\n_chrony:" in (root / etc / "passwd").read_text()
+    tmpfiles = "\n".join(p.read_text() for p in (root / "usr/lib/tmpfiles.d").glob("*.conf"))
+    assert "/var/lib/chrony" in tmpfiles
+    diff = cli("db", "diff", "--sysroot", client).stdout
+    assert "htop" in diff and "chrony" in diff
+    subprocess.run(["ostree", "fsck", f"--repo={client}/ostree/repo"], check=True)
 
 
 def test_server_example_resolves_from_the_archive(tmp_path: Path) -> None:

@@ -18,10 +18,12 @@ from typing import Any
 import pytest
 
 from apt_ostree import keys, ostree
+from apt_ostree.compose import postprocess
 from apt_ostree.errors import LayeringError
 from apt_ostree.layering import LayerPlan, PlannedDeb
 from apt_ostree.layering.assemble import (
     AssembleOptions,
+    _var_skeleton,
     assemble,
     failure_message,
     file_owners,
@@ -434,3 +436,25 @@ def test_file_owners_follow_the_commit_layout(tmp_path: Path) -> None:
     assert owners["usr/bin/a"] == {"a"}
     assert owners["usr/share/a"] == {"a", "b"}
     assert "." not in owners
+
+
+def test_var_skeleton_makes_parents_and_never_follows_links(tmp_path: Path) -> None:
+    """The sandbox's /var as systemd-tmpfiles makes it: an `L` line before its parent's `d`
+    line still gets its parent (debconf's database link came before `d /var/cache`), and
+    nothing is made through a link (an `L` line may point at the host's /run)."""
+    lower, var, host = tmp_path / "lower", tmp_path / "var", tmp_path / "host"
+    var.mkdir()
+    host.mkdir()
+    conf = lower / postprocess.SYSIMAGE_CONF
+    conf.parent.mkdir(parents=True)
+    conf.write_text(
+        "L /var/cache/debconf - - - - ../../usr/lib/sysimage/debconf\n"
+        f"L /var/run - - - - {host}\n"
+        "d /var/run/escape/deeper 0755 root root - -\n"
+        "d /var/cache 0755 root root - -\n"
+        "d /var/log/apt 0755 root root - -\n"
+    )
+    _var_skeleton(lower, var)
+    assert os.readlink(var / "cache/debconf") == "../../usr/lib/sysimage/debconf"
+    assert (var / "log/apt").is_dir()
+    assert list(host.iterdir()) == []

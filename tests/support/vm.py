@@ -232,10 +232,26 @@ class VM:
         return result.output
 
     def reboot(self, *, timeout: float = 300) -> float:
-        """Reboot the guest (staged deployments are finalized on the way down) and wait."""
-        self.run("systemctl --no-block reboot")
+        """Reboot the guest (staged deployments are finalized on the way down) and wait.
+
+        The command's answer is not awaited: shutdown may stop the agent before it writes one,
+        and the next boot's READY is what counts."""
+        assert self._sock is not None
+        self._buffer = b""
+        self._sock.sendall(base64.b64encode(b"systemctl --no-block reboot") + b"\n")
         self.started = time.monotonic()
         return self.wait_ready(timeout)
+
+    def poweroff(self, *, timeout: float = 120) -> bool:
+        """Power the guest off and wait for qemu to exit; False when it did not in time."""
+        assert self._sock is not None
+        self._sock.sendall(base64.b64encode(b"systemctl --no-block poweroff") + b"\n")
+        deadline = time.monotonic() + timeout
+        while self._proc is not None and self._proc.poll() is None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
 
 
 @contextlib.contextmanager

@@ -1,8 +1,11 @@
-"""Fixtures for VM tests: the minimal example composed once, and images of it for qemu; the
-same image with apt-ostree itself inside (its .deb built from this checkout)."""
+"""Fixtures for VM tests: the minimal example with apt-ostree itself inside (its .deb built
+from this checkout and served by a signed local apt repository), composed once, and disk images
+of it for qemu."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import shutil
 import subprocess
@@ -14,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from apt_ostree import aptpkg
+from apt_ostree import aptpkg, ostree
 from apt_ostree.compose import image
 from apt_ostree.progress import Progress
 from tests.support import vm
@@ -23,14 +26,9 @@ from tests.support.debian import CACHE, SUITE
 from tests.support.debs import EPOCH
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-REF = "debian/bookworm/amd64/minimal"
-# The composed minimal repository outlives the session (a no-change compose takes seconds);
-# tests that compose further versions work on a hard-linked copy (`cp -al`: libostree writes
-# new objects and renames refs and summary into place, so the shared files are never changed).
-VM_REPO = CACHE / "vm" / "repo"
 
 
-def compose_minimal(repo: Path, treefile: Path = EXAMPLES / "minimal.yaml") -> None:
+def compose(repo: Path, treefile: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "apt_ostree.cli.main", "compose", "tree", str(treefile),
          "--repo", str(repo), "--cachedir", str(CACHE / "compose")],
@@ -42,7 +40,7 @@ def compose_minimal(repo: Path, treefile: Path = EXAMPLES / "minimal.yaml") -> N
 
 
 def build(
-    repo: Path, output: Path, *, remote: image.UpdateRemote | None = None, ref: str = REF
+    repo: Path, output: Path, *, ref: str, remote: image.UpdateRemote | None = None
 ) -> tuple[Path, float]:
     """An image of `ref` for the VM harness (its agent and network in /etc); build seconds."""
     start = time.monotonic()
@@ -59,35 +57,19 @@ def _qemu() -> None:
         pytest.skip("qemu-system-x86_64 and OVMF are needed (tools/setup installs them)")
 
 
-@pytest.fixture(scope="session")
-def minimal_repo() -> Path:
-    VM_REPO.parent.mkdir(parents=True, exist_ok=True)
-    compose_minimal(VM_REPO)
-    return VM_REPO
-
-
-@pytest.fixture(scope="session")
-def minimal_image(minimal_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    output, _ = build(minimal_repo, tmp_path_factory.mktemp("images") / "minimal.raw")
-    return output
-
-
-@pytest.fixture
-def booted(minimal_image: Path, tmp_path: Path) -> Iterator[vm.VM]:
-    with vm.boot(minimal_image, tmp_path / "vm") as guest:
-        yield guest
-
-
 # ---- the image with apt-ostree inside ----
 
 ROOT = Path(__file__).resolve().parents[2]
 APT_OSTREE_REF = f"debian/{SUITE}/amd64/apt-ostree"
-# Like VM_REPO, outlives the session: the compose's input hash holds the .deb's sha256, so an
-# unchanged checkout is a no-change compose (seconds) and any change to the shipped files
-# (a new .deb version, see tools/build-deb) composes anew. The apt repository serving the .deb
-# and its keyring live at fixed paths too, so that the treefile (hashed) stays the same.
+# The composed repository outlives the session: the compose's input hash holds the .deb's
+# sha256, so an unchanged checkout is a no-change compose (seconds) and any change to the
+# shipped files (a new .deb version, see tools/build-deb) composes anew. The apt repository
+# serving the .deb and its keyring live at fixed paths too, so that the treefile (hashed) stays
+# the same. Tests that compose further versions work on a hard-linked copy (`cp -al`: libostree
+# writes new objects and renames refs and summary into place, so shared files never change).
 APT_OSTREE_REPO = CACHE / "vm" / "apt-ostree-repo"
 APT_OSTREE_DEBS = CACHE / "vm" / "apt-ostree-debs"
+NEXT_REF = f"{APT_OSTREE_REF}-next"
 
 
 @dataclass(frozen=True)
@@ -98,6 +80,10 @@ class ComposedRepo:
     ref: str
     treefile: Path  # compose it again (or include it) to make further versions
     deb: Path  # the apt-ostree .deb inside
+    checksum: str  # the ref's commit
+    # the same treefile plus one file (/usr/share/apt-ostree-test/marker, "version two"),
+    # composed on NEXT_REF: point `ref` at it in a copy to serve an update (`serve_next`)
+    next_checksum: str
 
 
 def build_apt_ostree_deb(outdir: Path) -> Path:
@@ -107,9 +93,9 @@ def build_apt_ostree_deb(outdir: Path) -> Path:
     return Path(out.stdout.strip())
 
 
-def publish_apt_ostree(deb: Path, key: GpgKey) -> AptRepo:
-    """The .deb alone in a signed apt repository at APT_OSTREE_DEBS (its keyring beside it)."""
-    repo = AptRepo(APT_OSTREE_DEBS / "repo", key=key)
+def publish_apt_ostree(deb: Path, key: GpgKey, folder: Path = APT_OSTREE_DEBS) -> AptRepo:
+    """The .deb alone in a signed apt repository in folder/repo (its keyring beside it)."""
+    repo = AptRepo(folder / "repo", key=key)
     for old in repo.debs():
         old.unlink()
     repo.add_debs([deb])
@@ -117,19 +103,20 @@ def publish_apt_ostree(deb: Path, key: GpgKey) -> AptRepo:
     # the lists of an earlier session's .deb in the compose's cached apt root
     repo.publications = (int(time.time()) - EPOCH) // 60
     repo.publish()
-    shutil.copyfile(key.keyring, APT_OSTREE_DEBS / "keyring.gpg")
+    shutil.copyfile(key.keyring, folder / "keyring.gpg")
     return repo
 
 
 def apt_ostree_treefile(folder: Path, debs: AptRepo) -> Path:
-    """examples/minimal.yaml plus apt-ostree: the host's Debian sources and the .deb's repo."""
+    """examples/minimal.yaml plus apt-ostree: the host's Debian sources and the .deb's repo
+    (`publish_apt_ostree` into the same folder)."""
     host = [
         {"uris": list(e.uris), "suites": list(e.suites), "components": list(e.components),
          "signed-by": e.signed_by}
         for e in aptpkg.read_host_sources(SUITE)
     ]  # fmt: skip
     ours = {"uris": debs.file_uri, "suites": debs.suite, "components": debs.component,
-            "signed-by": str(APT_OSTREE_DEBS / "keyring.gpg")}  # fmt: skip
+            "signed-by": str(folder / "keyring.gpg")}  # fmt: skip
     treefile = folder / "apt-ostree.json"
     data = {
         "include": str(EXAMPLES / "minimal.yaml"),
@@ -141,16 +128,59 @@ def apt_ostree_treefile(folder: Path, debs: AptRepo) -> Path:
     return treefile
 
 
+def next_treefile(folder: Path, treefile: Path) -> Path:
+    """`treefile` plus one file, on NEXT_REF with versions 12.1.N."""
+    (folder / "marker").write_text("version two\n")
+    data = {
+        "include": str(treefile),
+        "ref": NEXT_REF,
+        "automatic-version-prefix": "12.1",
+        "add-files": [["marker", "/usr/share/apt-ostree-test/marker"]],
+    }
+    path = folder / "apt-ostree-next.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Sessions running at the same time take turns at the shared cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def apt_ostree_repo(gpg_test_key: GpgKey) -> ComposedRepo:
     """The minimal example plus apt-ostree (built from this checkout), composed into the
-    cached APT_OSTREE_REPO under APT_OSTREE_REF."""
-    shutil.rmtree(APT_OSTREE_DEBS / "build", ignore_errors=True)
-    deb = build_apt_ostree_deb(APT_OSTREE_DEBS / "build")
-    debs = publish_apt_ostree(deb, gpg_test_key)
-    treefile = apt_ostree_treefile(APT_OSTREE_DEBS, debs)
-    compose_minimal(APT_OSTREE_REPO, treefile)
-    return ComposedRepo(APT_OSTREE_REPO, APT_OSTREE_REF, treefile, deb)
+    cached APT_OSTREE_REPO under APT_OSTREE_REF; and its next version under NEXT_REF."""
+    with _locked(APT_OSTREE_DEBS / "lock"):
+        shutil.rmtree(APT_OSTREE_DEBS / "build", ignore_errors=True)
+        deb = build_apt_ostree_deb(APT_OSTREE_DEBS / "build")
+        debs = publish_apt_ostree(deb, gpg_test_key)
+        treefile = apt_ostree_treefile(APT_OSTREE_DEBS, debs)
+        compose(APT_OSTREE_REPO, treefile)
+        # composed after the first (a newer timestamp: an upgrade, not a downgrade); a no-change
+        # compose when the first did not change either
+        compose(APT_OSTREE_REPO, next_treefile(APT_OSTREE_DEBS, treefile))
+        repo = ostree.open_repo(APT_OSTREE_REPO)
+        first, second = ostree.resolve_ref(repo, APT_OSTREE_REF), ostree.resolve_ref(repo, NEXT_REF)
+    assert first and second
+    return ComposedRepo(APT_OSTREE_REPO, APT_OSTREE_REF, treefile, deb, first, second)
+
+
+def serve_next(repo: Path) -> None:
+    """In `repo` (a `cp -al` copy of APT_OSTREE_REPO), move APT_OSTREE_REF to NEXT_REF's commit
+    and regenerate the summary: what a compose of the next version would have left there."""
+    checksum = ostree.resolve_ref(ostree.open_repo(repo), NEXT_REF)
+    # `refs --delete` unlinks the ref file (it is shared with the cache), `--create` writes anew
+    subprocess.run(["ostree", f"--repo={repo}", "refs", "--delete", APT_OSTREE_REF], check=True)
+    subprocess.run(
+        ["ostree", f"--repo={repo}", "refs", f"--create={APT_OSTREE_REF}", str(checksum)],
+        check=True,
+    )
+    subprocess.run(["ostree", f"--repo={repo}", "summary", "--update"], check=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,84 +1,154 @@
-"""Scenarios of issue 6 on real boots: the composed minimal image under qemu (TCG, OVMF,
-systemd-boot reading libostree's entries through rEFInd's ext4 driver)."""
+"""Scenarios of issue 6 on real boots: the minimal example with apt-ostree inside, under qemu
+(TCG, OVMF, systemd-boot reading libostree's entries through rEFInd's ext4 driver). In the
+guest everything goes through apt-ostreed, started by D-Bus activation (no --sysroot), as root
+and without polkitd (root needs no authorization).
+
+One guest session covers the scenarios in three boots (each costs about a minute here):
+boot 1 checks the image and `status` (scenario 1), stages an upgrade (2) and layers a package
+from a repository on the host (3); boot 2 checks all three and rolls back (5) with a kernel
+argument; boot 3 checks the rollback and the argument."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from apt_ostree import ostree
 from apt_ostree.compose.image import UpdateRemote
 from tests.support import vm
+from tests.support.aptrepo import AptRepo, GpgKey
+from tests.support.debs import DebSpec, File
 from tests.support.httpd import serve_directory
-from tests.vm.conftest import EXAMPLES, REF, build, compose_minimal
+from tests.vm.conftest import ComposedRepo, build, serve_next
 
 pytestmark = [pytest.mark.vm, pytest.mark.network, pytest.mark.slow]
 
+# a package that creates a system user in its postinst and ships a command using it
+HELLO = DebSpec(
+    "aptotest-hello",
+    "1.0",
+    files={
+        "/usr/bin/aptotest-hello": File('#!/bin/sh\necho "hello from $(id -un aptotest)"\n', 0o755)
+    },
+    postinst=(
+        "if ! getent passwd aptotest >/dev/null; then\n"
+        "  useradd --system --no-create-home --home-dir /nonexistent"
+        " --shell /usr/sbin/nologin aptotest\n"
+        "fi"
+    ),
+)
+KEYRING = "/etc/apt/keyrings/apt-ostree-test.gpg"
 
-def _booted_checksum(status: str) -> str:
-    m = re.search(r"^\* \S+ ([0-9a-f]{64})\.\d+$", status, re.MULTILINE)
-    assert m, status
-    return m.group(1)
+
+def _deployments(guest: vm.VM) -> list[dict[str, Any]]:
+    deployments: list[dict[str, Any]] = json.loads(guest.check("apt-ostree status --json"))[
+        "deployments"
+    ]
+    return deployments
 
 
-def test_minimal_image_boots_to_multi_user(booted: vm.VM, minimal_repo: Path) -> None:
-    assert booted.check("systemctl is-system-running").strip() == "running"
-    status = booted.check("ostree admin status")
-    expected = ostree.resolve_ref(ostree.open_repo(minimal_repo), REF)
-    assert _booted_checksum(status) == expected
-    assert "Version: 12." in status
-    # first boot: machine-id generated, /etc writable, /usr read-only, /boot mounted
-    assert re.fullmatch(r"[0-9a-f]{32}\n", booted.check("cat /etc/machine-id"))
-    assert booted.run("touch /etc/apt-ostree-test-written").returncode == 0
-    usr = booted.run("touch /usr/apt-ostree-test-written")
+def _booted(guest: vm.VM) -> dict[str, Any]:
+    return next(d for d in _deployments(guest) if d["booted"])
+
+
+def _use_host_repository(guest: vm.VM, apt: AptRepo, port: int) -> None:
+    """The guest's apt sources: only the host's test repository (10.0.2.2), signed."""
+    key = base64.b64encode(apt.keyring.read_bytes()).decode()
+    source = apt.deb822_source(f"http://{vm.HOST_FROM_GUEST}:{port}/", signed_by=Path(KEYRING))
+    guest.check(
+        f"echo {key} | base64 -d > {KEYRING} && rm -f /etc/apt/sources.list.d/*"
+        f" && printf '%s' '{source}' > /etc/apt/sources.list.d/apt-ostree-test.sources"
+    )
+
+
+def _check_image(guest: vm.VM) -> None:
+    """First boot: multi-user, machine-id, /etc writable, /usr read-only, /boot, the loader."""
+    assert guest.check("systemctl is-system-running").strip() == "running"
+    assert re.fullmatch(r"[0-9a-f]{32}\n", guest.check("cat /etc/machine-id"))
+    assert guest.run("touch /etc/apt-ostree-test-written").returncode == 0
+    usr = guest.run("touch /usr/apt-ostree-test-written")
     assert usr.returncode != 0 and "Read-only file system" in usr.output
-    assert booted.check("findmnt -no FSTYPE /boot").strip() == "ext4"
-    assert "ostree=/ostree/boot." in booted.check("cat /proc/cmdline")
-    assert "systemd-boot" in booted.check(
-        "cat /sys/firmware/efi/efivars/LoaderInfo-* | tr -d '\\0'"
-    )
+    assert guest.check("findmnt -no FSTYPE /boot").strip() == "ext4"
+    assert "ostree=/ostree/boot." in guest.check("cat /proc/cmdline")
+    assert "systemd-boot" in guest.check("cat /sys/firmware/efi/efivars/LoaderInfo-* | tr -d '\\0'")
 
 
-def _new_version_treefile(folder: Path) -> Path:
-    """The minimal treefile plus one file, so that compose makes a new commit."""
-    folder.mkdir()
-    (folder / "marker").write_text("version two\n")
-    treefile = folder / "minimal-next.yaml"
-    treefile.write_text(
-        f"include: {EXAMPLES / 'minimal.yaml'}\n"
-        "add-files:\n  - [marker, /usr/share/apt-ostree-test/marker]\n"
-    )
-    return treefile
+def _check_status(guest: vm.VM, composed: ComposedRepo, version: str | None) -> None:
+    """Scenario 1: `apt-ostree status` through the daemon, which D-Bus activation started."""
+    assert guest.run("systemctl is-active apt-ostreed.service").output.strip() == "inactive"
+    status = guest.check("apt-ostree status")
+    assert re.search(rf"^● origin:{re.escape(composed.ref)} \[booted\]$", status, re.M), status
+    assert f"Version: {version} " in status and f"Commit: {composed.checksum}" in status
+    assert guest.check("systemctl is-active apt-ostreed.service").strip() == "active"
+    assert guest.check("dpkg-query -W -f '${Version}' apt-ostree") in composed.deb.name
+    (booted,) = _deployments(guest)
+    assert booted["booted"] and booted["checksum"] == composed.checksum
+    assert booted["version"] == version and booted["origin"] == f"origin:{composed.ref}"
 
 
-def test_upgrade_reboot_rollback_kargs(minimal_repo: Path, tmp_path: Path) -> None:
+def test_status_upgrade_install_rollback_kargs(
+    apt_ostree_repo: ComposedRepo, gpg_test_key: GpgKey, tmp_path: Path
+) -> None:
+    composed = apt_ostree_repo
     repo = tmp_path / "repo"
-    subprocess.run(["cp", "-al", str(minimal_repo), str(repo)], check=True)
-    first = ostree.resolve_ref(ostree.open_repo(repo), REF)
-    with serve_directory(repo) as server:
-        remote = UpdateRemote("origin", f"http://{vm.HOST_FROM_GUEST}:{server.port}/")
-        disk, _ = build(repo, tmp_path / "disk.raw", remote=remote)
-        compose_minimal(repo, _new_version_treefile(tmp_path / "next"))
-        second = ostree.resolve_ref(ostree.open_repo(repo), REF)
-        assert second != first
+    subprocess.run(["cp", "-al", str(composed.path), str(repo)], check=True)
+    first, second = composed.checksum, composed.next_checksum
+    versions = {c: ostree.read_commit(ostree.open_repo(repo), c).version for c in (first, second)}
+    apt = AptRepo(tmp_path / "apt", key=gpg_test_key)
+    apt.add(HELLO)
+    apt.publish()
+    with serve_directory(repo) as updates, serve_directory(apt.path) as packages:
+        remote = UpdateRemote("origin", f"http://{vm.HOST_FROM_GUEST}:{updates.port}/")
+        disk, _ = build(repo, tmp_path / "disk.raw", ref=composed.ref, remote=remote)
+        serve_next(repo)  # the host publishes the next version
         with vm.boot(disk, tmp_path / "vm") as guest:
-            assert _booted_checksum(guest.check("ostree admin status")) == first
+            # boot 1: the image, scenario 1, then stage an upgrade (2) and a layered package (3)
+            _check_image(guest)
+            _check_status(guest, composed, versions[first])
             guest.check("echo kept > /etc/apt-ostree-test-edit && echo '# local' >> /etc/hosts")
-            # scenario 2 (`ostree admin upgrade` stands in for apt-ostree, not in the image)
-            guest.check("ostree admin upgrade --stage", timeout=600)
-            assert "(staged)" in guest.check("ostree admin status")
+            upgraded = guest.check("apt-ostree upgrade", timeout=900)
+            assert f"Staged {second}" in upgraded
+            staged = _deployments(guest)[0]
+            assert staged["staged"] and staged["checksum"] == second
+            _use_host_repository(guest, apt, packages.port)
+            installed = guest.check(f"apt-ostree install {HELLO.name}", timeout=900)
+            assert f"{HELLO.name}-{HELLO.version}" in installed
+            staged = _deployments(guest)[0]
+            assert staged["staged"] and staged["base-checksum"] == second
+            assert staged["requested-packages"] == [HELLO.name]
+            assert guest.run(f"command -v {HELLO.name}").returncode != 0  # not live
+
             guest.reboot()
-            status = guest.check("ostree admin status")
-            assert _booted_checksum(status) == second, status
+            # boot 2: the update and the layered package are booted, /etc edits kept
+            booted = _booted(guest)
+            assert booted["base-checksum"] == second and booted["version"] == versions[second]
+            assert booted["requested-packages"] == [HELLO.name]
             assert guest.check("cat /usr/share/apt-ostree-test/marker") == "version two\n"
             assert guest.check("cat /etc/apt-ostree-test-edit") == "kept\n"
             assert "# local" in guest.check("cat /etc/hosts")
-            # scenario 5 (stand-in: libostree 2022.7 has no rollback verb and cannot undeploy
-            # the booted deployment): the previous commit deployed again with a new karg
-            guest.check(f"ostree admin deploy --retain --karg-append=apt_ostree_test=1 {first}")
+            assert guest.check(HELLO.name) == "hello from aptotest\n"
+            assert guest.check("getent passwd aptotest").endswith(
+                ":/nonexistent:/usr/sbin/nologin\n"
+            )
+            # scenario 5: rollback makes the first deployment the default again; kargs on it
+            # (--deploy-index 0: without it kargs starts from the booted one, as rpm-ostree)
+            guest.check("apt-ostree rollback")
+            pending = _deployments(guest)[0]
+            assert pending["checksum"] == first and not pending["booted"]
+            guest.check("apt-ostree kargs --deploy-index=0 --append=apt_ostree_test=1")
+
             guest.reboot()
-            assert _booted_checksum(guest.check("ostree admin status")) == first
+            # boot 3: the first version, with the new kernel argument, without the package
+            booted = _booted(guest)
+            assert booted["checksum"] == first and booted["version"] == versions[first]
             assert "apt_ostree_test=1" in guest.check("cat /proc/cmdline").split()
+            assert "apt_ostree_test=1" in booted["kernel-arguments"]
+            assert guest.run(f"command -v {HELLO.name}").returncode != 0
+            assert guest.check("cat /etc/apt-ostree-test-edit") == "kept\n"
+            assert len(guest.boot_seconds) == 3

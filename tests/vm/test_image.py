@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apt_ostree.compose import image
-from tests.vm.conftest import REF
+from tests.vm.conftest import ComposedRepo
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -30,10 +30,13 @@ def debugfs(raw: Path, part: image.Partition, request: str) -> str:
     return out.stdout
 
 
-def test_qcow2_image_has_the_layout_remote_and_entries(minimal_repo: Path, tmp_path: Path) -> None:
+def test_qcow2_image_has_the_layout_remote_and_entries(
+    apt_ostree_repo: ComposedRepo, tmp_path: Path
+) -> None:
+    repo, ref = apt_ostree_repo.path, apt_ostree_repo.ref
     disk = tmp_path / "disk.qcow2"
     result = cli(
-        "--repo", minimal_repo, "--ref", REF, "--format", "qcow2", "--karg", "quiet",
+        "--repo", repo, "--ref", ref, "--format", "qcow2", "--karg", "quiet",
         "--remote", "origin=http://updates.invalid/repo", "--no-gpg-verify", disk,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -47,7 +50,7 @@ def test_qcow2_image_has_the_layout_remote_and_entries(minimal_repo: Path, tmp_p
     table = subprocess.run(["sgdisk", "-p", raw], capture_output=True, text=True, check=True)
     codes = [line.split()[5] for line in table.stdout.splitlines() if line.strip()[:1].isdigit()]
     assert codes == ["EF02", "EF00", "EA00", "8304"]
-    parts = image.layout(image.ImageOptions(repo=minimal_repo, ref=REF, output=disk))
+    parts = image.layout(image.ImageOptions(repo=repo, ref=ref, output=disk))
     entries = debugfs(raw, parts[2], "ls -l /loader/entries")
     assert "ostree-1-debian.conf" in entries
     entry = debugfs(raw, parts[2], "cat /loader/entries/ostree-1-debian.conf")
@@ -59,25 +62,27 @@ def test_qcow2_image_has_the_layout_remote_and_entries(minimal_repo: Path, tmp_p
     fstab = debugfs(raw, parts[3], f"cat /ostree/deploy/debian/deploy/{checkout}/etc/fstab")
     assert "LABEL=boot /boot ext4" in fstab
     origin = debugfs(raw, parts[3], f"cat /ostree/deploy/debian/deploy/{checkout}.origin")
-    assert f"refspec=origin:{REF}" in origin
+    assert f"refspec=origin:{ref}" in origin
 
 
-def test_failed_image_leaves_nothing_behind(minimal_repo: Path, tmp_path: Path) -> None:
+def test_failed_image_leaves_nothing_behind(apt_ostree_repo: ComposedRepo, tmp_path: Path) -> None:
+    repo, ref = apt_ostree_repo.path, apt_ostree_repo.ref
     before = set(Path(tempfile.gettempdir()).glob("apt-ostree-image-*"))
     disk = tmp_path / "disk.raw"
-    result = cli("--repo", minimal_repo, "--ref", REF, "--size", "1100M", disk)
+    result = cli("--repo", repo, "--ref", ref, "--size", "1100M", disk)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: the sysroot needs")
     assert list(tmp_path.iterdir()) == []  # neither the image nor a partial one
     assert set(Path(tempfile.gettempdir()).glob("apt-ostree-image-*")) == before
 
 
-def test_usage_errors(minimal_repo: Path, tmp_path: Path) -> None:
+def test_usage_errors(apt_ostree_repo: ComposedRepo, tmp_path: Path) -> None:
+    repo, ref = apt_ostree_repo.path, apt_ostree_repo.ref
     disk = tmp_path / "disk.raw"
-    no_verify = cli("--repo", minimal_repo, "--ref", REF, "--remote", "o=http://x/", disk)
+    no_verify = cli("--repo", repo, "--ref", ref, "--remote", "o=http://x/", disk)
     assert no_verify.returncode == 2 and "--no-gpg-verify" in no_verify.stderr
-    no_ref = cli("--repo", minimal_repo, "--ref", "no/such/ref", disk)
+    no_ref = cli("--repo", repo, "--ref", "no/such/ref", disk)
     assert no_ref.returncode == 2 and "no/such/ref" in no_ref.stderr
-    grub = cli("--repo", minimal_repo, "--ref", REF, "--bootloader", "grub", disk)
+    grub = cli("--repo", repo, "--ref", ref, "--bootloader", "grub", disk)
     assert grub.returncode == 2 and "grub" in grub.stderr
     assert list(tmp_path.iterdir()) == []

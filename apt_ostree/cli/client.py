@@ -6,23 +6,35 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from apt_ostree import live
-from apt_ostree.deployments import (
-    DeploymentStatus,
-    Outcome,
-    SysrootClient,
-    UpgradeOptions,
-    default_sysroot,
-    init_sysroot,
-    reboot_into_staged,
-    timestamp_text,
-    unchanged,
-)
 from apt_ostree.errors import UsageError
-from apt_ostree.pkgdiff import render_diff, render_package_list
 from apt_ostree.progress import TerminalProgress
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from apt_ostree.deployments import DeploymentStatus, Outcome, SysrootClient
+
+
+# The in-process code (apt, libostree) is imported on first use: without --sysroot the CLI is
+# apt-ostreed's client and needs none of it (a third of a second here, seconds under TCG).
+def _deployments() -> ModuleType:
+    from apt_ostree import deployments
+
+    return deployments
+
+
+def _pkgdiff() -> ModuleType:
+    from apt_ostree import pkgdiff
+
+    return pkgdiff
+
+
+def _live() -> ModuleType:
+    from apt_ostree import live
+
+    return live
 
 
 def _target(parser: argparse.ArgumentParser) -> None:
@@ -38,18 +50,20 @@ def _mutating(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> SysrootClient:
+    from apt_ostree.deployments import SysrootClient, default_sysroot
+
     return SysrootClient(default_sysroot(args.sysroot), args.osname, TerminalProgress())
 
 
 def _print(outcome: Outcome, args: argparse.Namespace) -> int:
-    unchanged(outcome, getattr(args, "unchanged_exit_77", False))
+    _deployments().unchanged(outcome, getattr(args, "unchanged_exit_77", False))
     for line in outcome.lines:
         print(line)
     if outcome.diff is not None:
-        for line in render_diff(outcome.diff):
+        for line in _pkgdiff().render_diff(outcome.diff):
             print(line)
     if getattr(args, "reboot", False) and outcome.changed:
-        reboot_into_staged()
+        _deployments().reboot_into_staged()
     return 0
 
 
@@ -138,7 +152,7 @@ def register_live(verbs: Any) -> None:
     p = verbs.add_parser("usroverlay", help="a writable overlay on /usr until the next reboot")
     _mutating(p)
     p.add_argument("--hotfix", action="store_true", help="keep it across reboots")
-    p.set_defaults(func=lambda a: _print(live.usroverlay(_client(a), hotfix=a.hotfix), a))
+    p.set_defaults(func=lambda a: _print(_live().usroverlay(_client(a), hotfix=a.hotfix), a))
 
 
 def register_layering(verbs: Any) -> None:
@@ -219,7 +233,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     name, sep, url = args.remote.partition("=")
     if not sep or not name or not url:
         raise UsageError(f"--remote {args.remote}: expected NAME=URL")
-    outcome = init_sysroot(
+    outcome = _deployments().init_sysroot(
         args.sysroot,
         args.osname,
         remote=name,
@@ -261,7 +275,7 @@ def render_status(statuses: list[DeploymentStatus], *, verbose: bool) -> list[st
         lines.append(f"{mark} {o.refspec if o else '(unknown origin)'} [{state}]")
         rows: list[tuple[str, str]] = []
         if c is not None:
-            ts = timestamp_text(c.timestamp)
+            ts = _deployments().timestamp_text(c.timestamp)
             rows.append(("Version", f"{c.version or '-'} ({ts})"))
             if c.base_checksum != d.checksum:
                 rows.append(("BaseCommit", c.base_checksum))
@@ -316,7 +330,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_upgrade(args: argparse.Namespace) -> int:
     if args.cache_only and args.download_only:
         raise UsageError("--cache-only and --download-only exclude each other")
-    options = UpgradeOptions(
+    options = _deployments().UpgradeOptions(
         check=args.check,
         preview=args.preview,
         download_only=args.download_only,
@@ -363,7 +377,7 @@ def cmd_db_diff(args: argparse.Namespace) -> int:
         return 0
     print(f"ostree diff commit from: {old}")
     print(f"ostree diff commit to:   {new}")
-    for line in render_diff(diff):
+    for line in _pkgdiff().render_diff(diff):
         print(line)
     return 0
 
@@ -371,7 +385,7 @@ def cmd_db_diff(args: argparse.Namespace) -> int:
 def cmd_db_list(args: argparse.Namespace) -> int:
     checksum, packages = _client(args).db_list(args.rev)
     print(f"ostree commit: {checksum}")
-    for line in render_package_list(packages):
+    for line in _pkgdiff().render_package_list(packages):
         print(f"  {line}")
     return 0
 
@@ -394,11 +408,11 @@ def cmd_install(args: argparse.Namespace) -> int:
     if not args.apply_live:
         return _print(outcome, args)
     _print(outcome, argparse.Namespace())  # exit 77 only when nothing was applied either
-    return _print(live.apply_live(client), args)
+    return _print(_live().apply_live(client), args)
 
 
 def cmd_apply_live(args: argparse.Namespace) -> int:
-    return _print(live.apply_live(_client(args), allow_replacement=args.allow_replacement), args)
+    return _print(_live().apply_live(_client(args), allow_replacement=args.allow_replacement), args)
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:

@@ -24,8 +24,8 @@ from apt_ostree.errors import UnchangedError, UsageError
 from apt_ostree.progress import TerminalProgress, human_size
 
 
-def register(verbs: Any) -> None:
-    compose = verbs.add_parser("compose", help="compose images on a build server")
+def register(verbs: Any, *, help: str) -> None:
+    compose = verbs.add_parser("compose", help=help)
     sub = compose.add_subparsers(dest="compose_verb", metavar="VERB", parser_class=type(compose))
     sub.required = True
     tree = sub.add_parser("tree", help="compose a treefile into an OSTree commit")

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from apt_ostree import __version__
-from apt_ostree.cli import client, compose
+from apt_ostree.cli import client
 from apt_ostree.daemon import client as daemon_client
 from apt_ostree.errors import AptOstreeError, UnchangedError, UsageError
 
@@ -26,13 +26,24 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMPOSE_HELP = "compose images on a build server"
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given the `argv` it will parse, the compose verbs (whose
+    modules import apt and libostree) are only registered when that is the verb."""
     parser = _Parser(prog="apt-ostree", description="Hybrid image/package system for Debian")
     parser.add_argument("--version", action="version", version=f"apt-ostree {__version__}")
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     verbs.required = True
-    compose.register(verbs)
+    verb = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    if argv is None or verb == "compose":
+        from apt_ostree.cli import compose
+
+        compose.register(verbs, help=COMPOSE_HELP)
+    else:  # listed in --help; never parsed
+        verbs.add_parser("compose", help=COMPOSE_HELP)
     client.register(verbs)
     daemon_client.register(verbs)
     return parser
@@ -46,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        args = build_parser().parse_args(args_list)
+        args = build_parser(args_list).parse_args(args_list)
         # without --sysroot, served verbs go through apt-ostreed (apt_ostree/daemon/client.py)
         result: int | None = daemon_client.dispatch(args)
         if result is None:

@@ -40,6 +40,7 @@ The same input gives a byte-identical tree: generated files are sorted and carry
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shlex
 import shutil
@@ -49,6 +50,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from apt_ostree import accounts
 from apt_ostree.accounts import install_unit as install_accounts_unit
 from apt_ostree.compose.initramfs import prepare_kernel
 from apt_ostree.errors import CommandError, PostprocessError
@@ -159,6 +161,13 @@ ConditionPathExists=!/etc/ssh/sshd_not_to_be_run
 Type=oneshot
 ExecStart=/usr/bin/ssh-keygen -A
 """
+
+
+def shipped_digest() -> str:
+    """Digest of the files compose writes from its own code (scripts, units): part of the
+    input hash, so that a new apt-ostree that ships different ones makes a new commit."""
+    texts = (accounts.SCRIPT_TEXT, accounts.UNIT_TEXT, SSH_KEYGEN_TEXT)
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

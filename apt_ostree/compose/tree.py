@@ -25,7 +25,7 @@ from apt_ostree import aptpkg, keys, ostree
 from apt_ostree.aptpkg import AptRoot, Request, ResolvedPackage
 from apt_ostree.compose import lockfile
 from apt_ostree.compose.bootstrap import BootstrapInput, bootstrap
-from apt_ostree.compose.postprocess import PostprocessOptions, postprocess
+from apt_ostree.compose.postprocess import PostprocessOptions, postprocess, shipped_digest
 from apt_ostree.errors import AptOstreeError, RepoError
 from apt_ostree.progress import Progress
 from apt_ostree.treefile import RepoEntry, Treefile
@@ -95,6 +95,7 @@ def input_hash(treefile: Treefile, packages: Sequence[ResolvedPackage]) -> str:
         "format": keys.COMPOSE_FORMAT,
         "treefile": treefile.flattened,
         "files": treefile.external_files_digest(),
+        "shipped": shipped_digest(),
         "packages": [[p.name, p.version, p.architecture, p.sha256] for p in packages],
     }
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))

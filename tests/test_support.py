@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from apt_ostree.run import command_env
+from tests.support import vm
 from tests.support.aptrepo import AptRepo, GpgKey
 from tests.support.debs import DebSpec, Dir, File, Symlink, build_deb
 from tests.support.httpd import Server, serve_directory
@@ -470,3 +471,33 @@ def test_serve_directory_stops(tmp_path: Path) -> None:
     assert server.stopped
     with pytest.raises(ConnectionError):
         request(server, "GET", "/")
+
+
+def _wait_with(guest: vm.VM, console: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """wait_ready() when the first half of the wait sees nothing: what the harness did."""
+    guest.workdir.mkdir(parents=True, exist_ok=True)
+    guest.console.write_text(console)
+    calls: list[str] = []
+
+    def read_until(pattern: object, timeout: float) -> None:
+        calls.append(f"read {timeout:g}")
+        if len(calls) == 1:
+            raise vm.GuestError("silence")
+
+    monkeypatch.setattr(guest, "_read_until", read_until)
+    monkeypatch.setattr(guest, "stop", lambda: calls.append("stop"))
+    monkeypatch.setattr(guest, "start", lambda: calls.append("start"))
+    guest.wait_ready(300)
+    return calls
+
+
+def test_vm_power_cycles_only_a_restart_stuck_in_firmware(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stuck = "[  101.6] systemd-shutdown[1]: Rebooting.\n[  101.6] reboot: machine restart\n"
+    guest = vm.VM(tmp_path / "disk.raw", tmp_path / "a")
+    assert _wait_with(guest, stuck, monkeypatch) == ["read 150", "stop", "start", "read 300"]
+    assert "machine restart" in (guest.workdir / "power-cycles.log").read_text()
+    slow = "[   12.1] systemd[1]: Starting something...\n"
+    other = vm.VM(tmp_path / "disk.raw", tmp_path / "b")
+    assert _wait_with(other, slow, monkeypatch) == ["read 150", "read 150"]

@@ -207,11 +207,31 @@ class VM:
         return m
 
     def wait_ready(self, timeout: float = 300) -> float:
-        """Wait for the agent's READY (multi-user reached); return seconds since (re)start."""
-        self._read_until(re.compile(re.escape(READY)), timeout)
+        """Wait for the agent's READY (multi-user reached); return seconds since (re)start.
+
+        Seen once here under TCG: after a clean shutdown ("reboot: machine restart" the last
+        console line) OVMF never started the loader again, no output for minutes. The guest
+        had done its part, so that case gets one power cycle of qemu (same disk overlay and
+        variable store), as a person would press reset; any other silence fails."""
+        ready = re.compile(re.escape(READY))
+        try:
+            self._read_until(ready, timeout / 2)
+        except GuestError:
+            if not self._stuck_in_firmware():
+                self._read_until(ready, timeout / 2)
+            else:
+                with (self.workdir / "power-cycles.log").open("a") as log:
+                    log.write(self.console_tail(3) + "\n")
+                self.stop()
+                self.start()
+                self._read_until(ready, timeout)
         seconds = time.monotonic() - self.started
         self.boot_seconds.append(seconds)
         return seconds
+
+    def _stuck_in_firmware(self) -> bool:
+        lines = [ln.strip() for ln in self.console_tail(5).splitlines() if ln.strip()]
+        return bool(lines) and lines[-1].endswith("reboot: machine restart")
 
     # ---- commands ----
 

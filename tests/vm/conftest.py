@@ -53,8 +53,8 @@ def build(
 
 @pytest.fixture(scope="session", autouse=True)
 def _qemu() -> None:
-    if not vm.have_qemu():
-        pytest.skip("qemu-system-x86_64 and OVMF are needed (tools/setup installs them)")
+    # tools/setup installs them: a machine without them must fail here, not skip the boots
+    assert vm.have_qemu(), "qemu-system-x86_64 and OVMF are needed (tools/setup installs them)"
 
 
 # ---- the image with apt-ostree inside ----

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,11 @@ from apt_ostree import live, ostree
 from apt_ostree.origin import Origin
 from apt_ostree.pkgdiff import PackageChange, PackageDiff
 from apt_ostree.run import run
-from tests.support.images import remove_sysroot
+from tests.deploy import conftest as deploy
 from tests.support.sysroots import cli
 
-
-@pytest.fixture
-def sysroot(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "sysroot"
-    path.mkdir()
-    run(["ostree", "admin", "init-fs", str(path)])
-    run(["ostree", "admin", "os-init", f"--sysroot={path}", "test"])
-    yield path
-    remove_sysroot(path)
+# the deploy tests' empty folder sysroot (stateroot "test")
+sysroot = deploy.sysroot
 
 
 def _tree(path: Path) -> list[tuple[str, str]]:
@@ -132,14 +124,21 @@ def test_changed_files_need_allow_replacement(
         live._check_additions(upgraded, diff)
 
 
+def _live_root(old: Path, tmp_path: Path) -> Path:
+    """A running system's root: the old tree, with /etc/a.conf as shipped (so it follows a
+    replacement of its default)."""
+    root = tmp_path / "live"
+    subprocess.run(["cp", "-a", str(old), str(root)], check=True)
+    (root / "etc").mkdir()
+    (root / "etc/a.conf").write_text("default\n")
+    return root
+
+
 def test_additions_reach_the_live_root_and_etc_by_the_three_way_rule(
     trees: tuple[Path, Path, ostree.TreeDiff], tmp_path: Path
 ) -> None:
     old, new, diff = trees
-    root = tmp_path / "live"
-    subprocess.run(["cp", "-a", str(old), str(root)], check=True)
-    (root / "etc").mkdir()
-    (root / "etc/a.conf").write_text("default\n")  # as shipped: follows a replacement
+    root = _live_root(old, tmp_path)
     (root / "etc/b.conf").write_text("local\n")  # the machine's own: kept
     additions = ostree.TreeDiff(diff.added, diff.modified, diff.removed)
     assert live.etc_changes(additions, new, root, replace=False) == []
@@ -159,10 +158,7 @@ def test_allow_replacement_replaces_and_removes(
     trees: tuple[Path, Path, ostree.TreeDiff], tmp_path: Path
 ) -> None:
     old, new, diff = trees
-    root = tmp_path / "live"
-    subprocess.run(["cp", "-a", str(old), str(root)], check=True)
-    (root / "etc").mkdir()
-    (root / "etc/a.conf").write_text("default\n")
+    root = _live_root(old, tmp_path)
     assert live.etc_changes(diff, new, root, replace=True) == ["/etc/b.conf", "/etc/a.conf"]
     live.apply_tree_diff(diff, new, root, replace=True)
     assert (root / "etc/a.conf").read_text() == "new default\n"

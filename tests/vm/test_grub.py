@@ -17,6 +17,7 @@ from apt_ostree.deployments import remove_tree
 from apt_ostree.progress import Progress
 from tests.support import vm
 from tests.support.debian import CACHE
+from tests.vm.test_image import debugfs
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
@@ -78,16 +79,6 @@ def grub_image(minimal_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def parts(disk: Path) -> list[image.Partition]:
     return image.layout(image.ImageOptions(repo=MINIMAL_REPO, ref=REF, output=disk))
-
-
-def debugfs(disk: Path, part: image.Partition, request: str) -> str:
-    out = subprocess.run(
-        ["debugfs", "-R", request, f"{disk}?offset={part.start}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout
 
 
 def test_grub_image_layout(grub_image: Path) -> None:

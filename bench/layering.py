@@ -18,6 +18,13 @@ folder sysroots. Neither treefile has `repos`: the images carry the host's Debia
    Goal: no .deb downloaded (no "packages to download" in the output, the cache's files
    unchanged: names, sizes, mtimes, inodes).
 
+Where: the sysroots and the baseline's root are on a file system of their own, a freshly made
+ext4 on a loop device (DISK_SIZE, sparse), as a machine's root partition made from `compose
+image` is; deploying is a hardlink farm of every file and directory of the tree, and on a large,
+long-used shared file system a directory costs ten times more to make (measured here: 2400
+mkdirs 0.2-1.3 s on the host's ext4, 0.05-0.08 s on a fresh one). The daemon rounds and the
+baseline are repeated on the host's own file system (HOST table) for comparison.
+
 Run as root: .venv/bin/python -m bench.layering [--rounds N] [--cachedir DIR] [--keep]
 """
 
@@ -55,6 +62,8 @@ LARGE_PACKAGES = (
 )
 STAMP = "/usr/share/bench-layering/stamp"
 IMAGES = ("minimal", "large")
+DISK_SIZE = "16G"
+PLACES = ("disk", "host")  # a fresh ext4 of its own; the host's file system
 STEP_RE = re.compile(r"^\s+(?P<title>.+): done in (?P<seconds>[\d.]+) s$")
 DOWNLOAD_RE = re.compile(r"^\s+downloading: (?P<done>[\d.]+ [kMG]?B) / (?P<total>[\d.]+ [kMG]?B)")
 TO_DOWNLOAD_RE = re.compile(r"^\s+(?P<n>\d+) packages to download \((?P<size>[^)]+)\)")
@@ -220,8 +229,8 @@ def new_packages(apt_output: str) -> set[str]:
     return names
 
 
-def baseline_round(work: Path, sysroot: Path, commit: str, label: str) -> Run:
-    root = work / "baseline-root"
+def baseline_round(place: Path, sysroot: Path, commit: str, label: str) -> Run:
+    root = place / "baseline-root"
     shutil.rmtree(root, ignore_errors=True)
     debian_root(sysroot, commit, root)
     result = run_timed(label, apt_get_argv(root))
@@ -245,6 +254,9 @@ class Results:
     idle: dict[str, list[float]] = field(default_factory=dict)  # install until the daemon idles
     inproc: dict[str, list[Run]] = field(default_factory=dict)  # `--sysroot DIR`, in-process
     baselines: dict[str, list[Run]] = field(default_factory=dict)
+    host_installs: dict[str, list[Run]] = field(default_factory=dict)  # the host's file system
+    host_baselines: dict[str, list[Run]] = field(default_factory=dict)
+    mkdirs: dict[str, list[float]] = field(default_factory=dict)  # MKDIRS directories, by place
     upgrade: Run | None = None
     cache_unchanged: bool = False
     upgrade_checks: list[str] = field(default_factory=list)
@@ -252,77 +264,125 @@ class Results:
 
 
 @contextmanager
-def daemons(work: Path) -> Iterator[dict[str, PrivateBus]]:
-    """apt-ostreed for each image's folder sysroot, each on a private system bus of its own
-    (root's calls need no polkit)."""
-    buses: dict[str, PrivateBus] = {}
+def dedicated_fs(mountpoint: Path) -> Iterator[Path]:
+    """A fresh ext4 of DISK_SIZE (sparse image, inode tables written at once so that no
+    background initialisation runs during the rounds) mounted on a loop device at mountpoint;
+    unmounted (the loop device detaches with it) and deleted afterwards."""
+    image = mountpoint.with_suffix(".img")
+    subprocess.run(["truncate", "-s", DISK_SIZE, str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0",
+                    str(image)], check=True)  # fmt: skip
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
+        image.unlink()
+
+
+@contextmanager
+def daemons(work: Path) -> Iterator[dict[tuple[str, str], PrivateBus]]:
+    """apt-ostreed for each folder sysroot (each image in each place), each on a private
+    system bus of its own (root's calls need no polkit)."""
+    buses: dict[tuple[str, str], PrivateBus] = {}
     procs = []
     try:
-        for name in IMAGES:
-            bus = buses[name] = start_bus()
-            procs.append(bus.proc)
-            config = work / f"{name}-apt-ostreed.conf"
-            config.write_text("[Daemon]\nIdleExitTimeout=0\n")
-            procs.append(start_daemon(bus, work / name, config, work / f"{name}-daemon.log").proc)
+        for place in PLACES:
+            for name in IMAGES:
+                bus = buses[place, name] = start_bus()
+                procs.append(bus.proc)
+                config = work / f"{place}-{name}-apt-ostreed.conf"
+                config.write_text("[Daemon]\nIdleExitTimeout=0\n")
+                log = work / f"{place}-{name}-daemon.log"
+                procs.append(start_daemon(bus, work / place / name, config, log).proc)
         yield buses
     finally:
         for proc in reversed(procs):
             stop(proc)
 
 
-def daemon_round(name: str, bus: PrivateBus, res: Results) -> None:
-    """uninstall, then the timed install through apt-ostreed: the client's time to its
+def daemon_round(label: str, bus: PrivateBus) -> tuple[Run, float]:
+    """uninstall, then the timed install through apt-ostreed: the client's run to its
     result, and the time until the daemon is idle again (its worker's cleanup done)."""
-    run_timed(f"uninstall {PACKAGE} ({name}, daemon)", [*APT_OSTREE, "uninstall", PACKAGE],
+    run_timed(f"uninstall {PACKAGE} ({label}, daemon)", [*APT_OSTREE, "uninstall", PACKAGE],
               env=bus.env())  # fmt: skip
     wait_idle(bus, timeout=600)
     start = time.monotonic()
-    run = run_timed(f"install {PACKAGE} ({name}, daemon)", [*APT_OSTREE, "install", PACKAGE],
+    run = run_timed(f"install {PACKAGE} ({label}, daemon)", [*APT_OSTREE, "install", PACKAGE],
                     env=bus.env())  # fmt: skip
     wait_idle(bus, timeout=600)
-    res.installs[name].append(run)
-    res.idle[name].append(time.monotonic() - start)
+    return run, time.monotonic() - start
+
+
+MKDIRS = 2400  # about the directories of the large tree
+
+
+def time_mkdirs(folder: Path) -> float:
+    """Seconds to make MKDIRS directories, 50 folders of 48 (as a tree's are nested), after a
+    sync; removed again."""
+    top = folder / "mkdir-probe"
+    os.sync()
+    start = time.monotonic()
+    top.mkdir()
+    for i in range(MKDIRS - 1):
+        (top / str(i % 50) / (str(i) if i >= 50 else "")).mkdir()
+    seconds = time.monotonic() - start
+    shutil.rmtree(top)
+    return seconds
 
 
 def install_rounds(work: Path, commits: dict[str, str], rounds: int, res: Results) -> None:
+    disk, host = work / "disk", work / "host"
     for name in IMAGES:
-        sysroot = work / name
         res.first[name] = run_timed(
-            f"install {PACKAGE} ({name}, first)", client("install", sysroot, PACKAGE)
+            f"install {PACKAGE} ({name}, first)", client("install", disk / name, PACKAGE)
         )
         res.installs[name], res.baselines[name], res.inproc[name], res.idle[name] = [], [], [], []
+        res.host_installs[name], res.host_baselines[name] = [], []
+        # the same sysroot (caches filled) on the host's file system
+        subprocess.run(["cp", "-a", str(disk / name), str(host / name)], check=True)
     with daemons(work) as buses:
         for n in range(rounds):
             res.loads.append(os.getloadavg()[0])
+            for place in PLACES:
+                res.mkdirs.setdefault(place, []).append(time_mkdirs(work / place))
             for name in IMAGES if n % 2 == 0 else reversed(IMAGES):
-                inproc_and_baseline_round(work, name, commits[name], res)
-                daemon_round(name, buses[name], res)
+                inproc_round(disk / name, name, res)
+                res.baselines[name].append(baseline_round(
+                    disk, disk / name, commits[name], f"apt-get install {PACKAGE} ({name})"
+                ))  # fmt: skip
+                run, idle = daemon_round(name, buses["disk", name])
+                res.installs[name].append(run)
+                res.idle[name].append(idle)
+                res.host_baselines[name].append(baseline_round(
+                    host, host / name, commits[name], f"apt-get install {PACKAGE} ({name}, host)"
+                ))  # fmt: skip
+                res.host_installs[name].append(
+                    daemon_round(f"{name}, host", buses["host", name])[0]
+                )
     check_no_downloads(res)
 
 
-def inproc_and_baseline_round(work: Path, name: str, commit: str, res: Results) -> None:
-    """uninstall, then the timed install with `--sysroot` (in-process, the cleanup inside);
-    then apt-get in a fresh plain root of the same commit."""
-    sysroot = work / name
+def inproc_round(sysroot: Path, name: str, res: Results) -> None:
+    """uninstall, then the timed install with `--sysroot` (in-process, the cleanup inside)."""
     run_timed(f"uninstall {PACKAGE} ({name})", client("uninstall", sysroot, PACKAGE))
     res.inproc[name].append(
         run_timed(f"install {PACKAGE} ({name}, --sysroot)", client("install", sysroot, PACKAGE))
-    )
-    res.baselines[name].append(
-        baseline_round(work, sysroot, commit, f"apt-get install {PACKAGE} ({name})")
     )
 
 
 def check_no_downloads(res: Results) -> None:
     for name in IMAGES:
-        cached = [r for r in res.installs[name] + res.inproc[name] if r.deb_bytes()]
+        runs = res.installs[name] + res.inproc[name] + res.host_installs[name]
+        cached = [r for r in runs if r.deb_bytes()]
         if cached:
             raise SystemExit(f"{name}: a timed install downloaded .debs:\n{cached[0].output}")
 
 
 def upgrade_round(work: Path, treefile: Path, res: Results) -> None:
     """A second version of the minimal base, then `upgrade` with htop layered."""
-    sysroot = work / "minimal"
+    sysroot = work / "disk/minimal"
     before = snapshot(cache_dir(sysroot) / "archives")
     (work / "stamp").write_text("2\n")
     compose(work, treefile, "compose minimal, stamp 2", EPOCH + 86400)
@@ -353,15 +413,27 @@ def bench(work: Path, rounds: int) -> Results:
     repo = work / "repo"
     commits = {name: ostree(repo, "rev-parse", f"bench/{name}").strip() for name in IMAGES}
     res.trees = {name: tree_size(repo, commits[name]) for name in IMAGES}
-    with serve_directory(repo) as server:
-        for name in IMAGES:
-            init(work / name, server.url, f"bench/{name}", f"init {name}")
-        install_rounds(work, commits, rounds, res)
-        upgrade_round(work, treefiles["minimal"], res)
+    (work / "host").mkdir()
+    with serve_directory(repo) as server, dedicated_fs(work / "disk"):
+        try:
+            for name in IMAGES:
+                init(work / "disk" / name, server.url, f"bench/{name}", f"init {name}")
+            install_rounds(work, commits, rounds, res)
+            upgrade_round(work, treefiles["minimal"], res)
+        finally:  # the dedicated file system goes as a whole
+            for name in IMAGES:
+                remove_tree(work / "host" / name)
     return res
 
 
 # ---- report ----
+
+
+def host_fs_size() -> str:
+    st = os.statvfs(ROOT)
+    total = st.f_blocks * st.f_frsize
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    return f"{total / 1024**3:.0f} GiB, {100 * used / total:.0f}% used"
 
 
 def med(runs: Sequence[Run], *prefixes: str) -> float:
@@ -401,6 +473,11 @@ def report(res: Results, rounds: int) -> str:
         med(res.installs["large"]),
     )
     base_l = med(res.baselines["large"])
+    h_base, h_mini, h_large = (
+        med(res.host_baselines["minimal"]),
+        med(res.host_installs["minimal"]),
+        med(res.host_installs["large"]),
+    )
     idle_m, idle_l = (statistics.median(res.idle[n]) for n in IMAGES)
     inproc_m, inproc_l = (med(res.inproc[n]) for n in IMAGES)
     up = res.upgrade
@@ -426,6 +503,9 @@ def report(res: Results, rounds: int) -> str:
         " what changed) before the daemon takes another transaction (a booted machine stages"
         " the deployment and cleans up at shutdown). `--sysroot` does that cleanup inline."
         " Each daemon round starts with the daemon idle.",
+        f"Where: the sysroots and the baseline's root are on an ext4 file system of their own,"
+        f" made fresh for the run ({DISK_SIZE}, a loop device), as a machine's root partition"
+        " made by `compose image` is.",
         "",
         "| measure | seconds | ratio | goal |",
         "| --- | --- | --- | --- |",
@@ -443,6 +523,23 @@ def report(res: Results, rounds: int) -> str:
         f" {inproc_l / inproc_m:.2f}x minimal | |",
         f"| baseline: `apt-get install` (large) | {base_l:.2f} | {base_l / base:.2f}x minimal | |",
         "",
+        "The same on the host's own file system (the benchmark's folder on a shared ext4 of"
+        f" {host_fs_size()}, long in use; libostree deploys a hardlink farm, every directory of"
+        " the tree made anew, and a directory costs several times more to make here):",
+        "",
+        f"Making {MKDIRS} directories (medians, one probe per round): the dedicated file system"
+        f" {statistics.median(res.mkdirs['disk']):.3f} s, the host's"
+        f" {statistics.median(res.mkdirs['host']):.3f} s"
+        f" (range {min(res.mkdirs['host']):.3f}-{max(res.mkdirs['host']):.3f} s).",
+        "",
+        "| measure (host file system) | seconds | ratio | goal |",
+        "| --- | --- | --- | --- |",
+        f"| baseline: `apt-get install` (minimal) | {h_base:.2f} | 1.00 | |",
+        f"| `apt-ostree install` through apt-ostreed (minimal) | {h_mini:.2f} |"
+        f" {h_mini / h_base:.2f}x apt-get | <= 1.5x |",
+        f"| `apt-ostree install` through apt-ostreed (large) | {h_large:.2f} |"
+        f" {h_large / h_mini:.2f}x minimal | <= 1.2x |",
+        "",
         "Where the time of `install` goes (medians of the step times apt-ostree prints; other:"
         " process start, bus round trips, sysroot and origin loading, the lists and cache opened):",
         "",
@@ -452,6 +549,8 @@ def report(res: Results, rounds: int) -> str:
         breakdown_row("large, apt-ostreed", res.installs["large"]),
         breakdown_row("minimal, --sysroot", res.inproc["minimal"]),
         breakdown_row("large, --sysroot", res.inproc["large"]),
+        breakdown_row("minimal, apt-ostreed, host file system", res.host_installs["minimal"]),
+        breakdown_row("large, apt-ostreed, host file system", res.host_installs["large"]),
         breakdown_row("upgrade (minimal, re-apply, --sysroot)", [up]),
         "",
         "First install (cold cache): "
@@ -481,7 +580,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cachedir", type=Path, help="compose cache to reuse (default: scratch)")
-    parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="apt-ostree-bench-layering-", dir="/var/tmp"))
     print(f"scratch: {scratch}")
@@ -492,8 +591,6 @@ def main() -> None:
         res = bench(scratch, args.rounds)
     finally:
         if not args.keep:
-            for name in IMAGES:
-                remove_tree(scratch / name)
             shutil.rmtree(scratch, ignore_errors=True)
     text = report(res, args.rounds)
     print(text)

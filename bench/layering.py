@@ -21,9 +21,9 @@ folder sysroots. Neither treefile has `repos`: the images carry the host's Debia
 Where: the sysroots and the baseline's root are on a file system of their own, a freshly made
 ext4 on a loop device (DISK_SIZE, sparse), as a machine's root partition made from `compose
 image` is; deploying is a hardlink farm of every file and directory of the tree, and on a large,
-long-used shared file system a directory costs ten times more to make (measured here: 2400
-mkdirs 0.2-1.3 s on the host's ext4, 0.05-0.08 s on a fresh one). The daemon rounds and the
-baseline are repeated on the host's own file system (HOST table) for comparison.
+long-used shared file system a directory can cost ten times more to make (measured here: 2400
+mkdirs 0.09-1.25 s on the host's ext4, 0.06 s on a fresh one; each run prints its own probe).
+The daemon rounds and the baseline are repeated on the host's own file system for comparison.
 
 Run as root: .venv/bin/python -m bench.layering [--rounds N] [--cachedir DIR] [--keep]
 """
@@ -433,7 +433,8 @@ def host_fs_size() -> str:
     st = os.statvfs(ROOT)
     total = st.f_blocks * st.f_frsize
     used = (st.f_blocks - st.f_bfree) * st.f_frsize
-    return f"{total / 1024**3:.0f} GiB, {100 * used / total:.0f}% used"
+    avail = st.f_bavail * st.f_frsize
+    return f"{total / 1024**3:.0f} GiB, {100 * used / (used + avail):.0f}% used"  # as df
 
 
 def med(runs: Sequence[Run], *prefixes: str) -> float:
@@ -525,7 +526,7 @@ def report(res: Results, rounds: int) -> str:
         "",
         "The same on the host's own file system (the benchmark's folder on a shared ext4 of"
         f" {host_fs_size()}, long in use; libostree deploys a hardlink farm, every directory of"
-        " the tree made anew, and a directory costs several times more to make here):",
+        " the tree made anew):",
         "",
         f"Making {MKDIRS} directories (medians, one probe per round): the dedicated file system"
         f" {statistics.median(res.mkdirs['disk']):.3f} s, the host's"

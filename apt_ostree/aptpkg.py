@@ -1151,8 +1151,9 @@ class _LayerResolver:
 
 def _installs(depcache: Any, pkg: Any) -> bool:
     """`pkg` is marked for a new install, an upgrade or a downgrade (python-apt's
-    marked_install is true only for the first)."""
-    return bool(
+    marked_install is true only for the first). Most of a cache is kept as it is: one call
+    says so (all three need apt's install mode)."""
+    return not depcache.marked_keep(pkg) and bool(
         depcache.marked_install(pkg)
         or depcache.marked_upgrade(pkg)
         or depcache.marked_downgrade(pkg)

@@ -66,3 +66,9 @@ class LayeringError(AptOstreeError):
     """Client-side layering failed: a maintainer script, dpkg, or a refused layer content."""
 
     dbus_name = "LayeringFailed"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is (apt_ostree.run.raise_on_sigterm), so that
+    context managers unwind: children stopped, mounts and work folders removed. A
+    BaseException, so that no `except Exception` on the way swallows it."""

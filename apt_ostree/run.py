@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import re
 import shlex
+import signal
 import subprocess
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from apt_ostree.errors import CommandError
+from apt_ostree.errors import CommandError, Terminated
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,67 @@ def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
             env[name] = os.environ[name]
     env.update(extra or {})
     return env
+
+
+# a tool that got SIGTERM because we did gets this long to clean up before SIGKILL
+STOP_SECONDS = 30
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def raise_on_sigterm() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_SLAVE = 0x80000
+
+
+def private_mount_namespace() -> str | None:
+    """A mount namespace of this process's own (as systemd's MountFlags=slave): the host's
+    mounts reach in, the mounts that we and our children make (mmdebstrap's /proc and /sys,
+    layering's overlays) stay in and vanish with the last of us, even after SIGKILL.
+    Returns why not when the kernel refuses (not root: such a caller mounts nothing)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        return os.strerror(ctypes.get_errno())
+    libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None)
+    return None
+
+
+def mounts_under(folder: Path) -> list[Path]:
+    """The mount points at or below `folder` in our mount namespace, deepest first."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_bytes().splitlines():
+        # the mount point is field 5, with space, tab, newline and backslash octal-escaped
+        raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), line.split()[4])
+        point = Path(os.fsdecode(raw))
+        if point == folder or folder in point.parents:
+            found.append(point)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_under(folder: Path) -> None:
+    """Detach whatever is mounted at or below `folder`, so that removing it never reaches
+    into another file system (a bind-mounted /dev or /sys left by a killed tool)."""
+    folder = folder.resolve()
+    for point in mounts_under(folder):
+        subprocess.run(["umount", "--lazy", str(point)], check=False, capture_output=True)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to a child we started (it cleans up), SIGKILL when it takes too long."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _last_lines(text: str, count: int = 5) -> str:
@@ -112,10 +176,14 @@ def run_streaming(
         raise CommandError(f"{args[0]} is not installed") from e
     assert proc.stdout is not None
     with proc:
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            on_line(line)
+        try:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                tail.append(line)
+                on_line(line)
+        except BaseException:  # SIGTERM (Terminated), Ctrl-C, a failing on_line: stop it
+            _stop(proc)
+            raise
     if proc.returncode != 0:
         text = "\n".join(tail)
         name = what or Path(args[0]).name

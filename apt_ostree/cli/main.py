@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
 from apt_ostree import __version__
 from apt_ostree.cli import client
 from apt_ostree.daemon import client as daemon_client
-from apt_ostree.errors import AptOstreeError, UnchangedError, UsageError
+from apt_ostree.errors import AptOstreeError, Terminated, UnchangedError, UsageError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -49,6 +50,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _in_process() -> None:
+    """A verb run here, as apt-ostreed's worker runs it: SIGTERM unwinds (children stopped,
+    overlays and work folders removed, `error: terminated`, exit 143), and the mounts that
+    the verb's tools make (mmdebstrap's /proc, layering's overlays) stay in a mount namespace
+    of ours, so that they go with us even when we are killed."""
+    from apt_ostree.run import private_mount_namespace, raise_on_sigterm
+
+    raise_on_sigterm()
+    private_mount_namespace()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args_list
@@ -61,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # without --sysroot, served verbs go through apt-ostreed (apt_ostree/daemon/client.py)
         result: int | None = daemon_client.dispatch(args)
         if result is None:
+            _in_process()
             result = args.func(args)
         return result
     except UnchangedError as e:
@@ -81,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Terminated:  # SIGTERM, where a verb asked for it (raise_on_sigterm)
+        print("error: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

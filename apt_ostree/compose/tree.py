@@ -28,6 +28,7 @@ from apt_ostree.compose.bootstrap import BootstrapInput, bootstrap
 from apt_ostree.compose.postprocess import PostprocessOptions, postprocess, shipped_digest
 from apt_ostree.errors import AptOstreeError, RepoError
 from apt_ostree.progress import Progress
+from apt_ostree.run import unmount_under
 from apt_ostree.treefile import RepoEntry, Treefile
 
 DEFAULT_CACHEDIR = Path("/var/cache/apt-ostree/compose")
@@ -131,6 +132,7 @@ def workdir(cachedir: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
+        unmount_under(path)  # a tool killed before its own cleanup: never rm into its mounts
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -28,8 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from apt_ostree.errors import ERROR_PREFIX, AptOstreeError, dbus_error_name
+from apt_ostree.errors import ERROR_PREFIX, AptOstreeError, Terminated, dbus_error_name
 from apt_ostree.progress import JsonProgress
+from apt_ostree.run import private_mount_namespace, raise_on_sigterm
 
 PR_SET_PDEATHSIG = 1
 PARENT_ENV = "APT_OSTREED_PID"
@@ -57,32 +58,6 @@ class _OutputStream(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
-
-
-class Terminated(BaseException):
-    """SIGTERM (Cancel): unwinds the verb so that its context managers unmount and abort.
-    A BaseException, so that no `except Exception` on the way swallows it."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-CLONE_NEWNS = 0x00020000
-MS_REC = 0x4000
-MS_SLAVE = 0x80000
-
-
-def _private_mounts() -> None:
-    """A mount namespace of the worker's own (as systemd's MountFlags=slave): the host's mounts
-    reach in, the worker's scratch mounts (layering's overlays) stay in and vanish with the
-    worker, even when it is killed before it could unmount them."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS) != 0:
-        print(f"worker: no private mount namespace: {os.strerror(ctypes.get_errno())}",
-              file=sys.stderr)  # fmt: skip
-        return
-    libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None)
 
 
 def _die_with_parent() -> None:
@@ -179,8 +154,10 @@ def automatic(argv: Sequence[str], progress: JsonProgress) -> None:
 
 def main() -> int:
     _die_with_parent()
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    _private_mounts()
+    raise_on_sigterm()
+    why = private_mount_namespace()
+    if why is not None:
+        print(f"worker: no private mount namespace: {why}", file=sys.stderr)
     return run(sys.argv[1:], _event_stream())
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -460,6 +461,60 @@ def test_failing_postprocess_script(
     result = cli("compose", "tree", tf, "--repo", existing_repo, "--cachedir", cachedir)
     _fails_cleanly(result, existing_repo, before, "postprocess")
     assert not list((cachedir / "tmp").iterdir())  # the work folder is gone too
+
+
+def _mounts_under(pid: int | str, folder: Path) -> list[str]:
+    """Mount points under `folder` in the mount namespace of process `pid`."""
+    lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    return [m for m in (line.split()[4] for line in lines) if m.startswith(str(folder))]
+
+
+def _processes_naming(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if text in argv:
+            found.append(f"{cmdline.parent.name}: {argv}")
+    return found
+
+
+def test_sigterm_during_bootstrap_leaves_nothing_behind(
+    apt_repo: AptRepo, existing_repo: Path, tmp_path: Path
+) -> None:
+    """SIGTERM while mmdebstrap has its /proc mounted in the tree: compose stops with one
+    error line, its mounts, processes and work folder go, the repository is as before."""
+    before = repo_snapshot(existing_repo)
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(
+        [*sysroots.APT_OSTREE, "compose", "tree", str(treefile(tmp_path, apt_repo)),
+         "--repo", str(existing_repo), "--cachedir", str(cache)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(sysroots.ROOT), "SOURCE_DATE_EPOCH": EPOCH},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not _mounts_under(proc.pid, cache / "tmp"):
+            assert proc.poll() is None, f"compose ended before mounting: {proc.stderr.read()}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "mmdebstrap mounted nothing in 300 s"
+            time.sleep(0.05)
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "error: terminated", stderr
+    assert "Traceback" not in stderr
+    assert _mounts_under("self", cache) == []
+    assert _processes_naming(str(cache)) == []
+    assert list((cache / "tmp").iterdir()) == []
+    assert repo_snapshot(existing_repo) == before
 
 
 def test_usr_local_content_is_refused(

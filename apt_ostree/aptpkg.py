@@ -164,12 +164,23 @@ class ResolvedPackage:
     sha256: str = field(compare=False)
     size: int = field(compare=False)
     filename: str = field(compare=False)  # path in the archive, as in Packages
+    auto: bool = field(default=False, compare=False)  # installed as a dependency only
 
     @property
     def deb_name(self) -> str:
         """The file name apt gives the downloaded .deb."""
         version = self.version.replace(":", "%3a")
         return f"{self.name}_{version}_{self.architecture}.deb"
+
+
+def render_extended_states(packages: Sequence[ResolvedPackage]) -> str:
+    """apt's extended_states for a tree of `packages`: the ones installed only as dependencies
+    marked Auto-Installed (`apt-mark showauto`), sorted."""
+    return "".join(
+        f"Package: {p.name}\nArchitecture: {p.architecture}\nAuto-Installed: 1\n\n"
+        for p in sorted(packages, key=lambda p: (p.name, p.architecture))
+        if p.auto
+    )
 
 
 @dataclass(frozen=True)
@@ -526,6 +537,7 @@ class AptRoot:
                     sha256=str(sha256.hashvalue) if sha256 else "",
                     size=int(ver.size),
                     filename=str(records.filename),
+                    auto=bool(depcache.is_auto_installed(pkg)),
                 )
             )
         return sorted(out)

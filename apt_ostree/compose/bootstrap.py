@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from apt_ostree.aptpkg import ResolvedPackage
+from apt_ostree.aptpkg import ResolvedPackage, render_extended_states
 from apt_ostree.progress import Progress
 from apt_ostree.run import run_streaming
 
@@ -97,3 +97,8 @@ def bootstrap(target: Path, inp: BootstrapInput, progress: Progress) -> None:
             progress.percent("configuring", min(state["configured"], count), count)
 
     run_streaming(mmdebstrap_argv(target, inp), on_line, env=bootstrap_env(inp), what="mmdebstrap")
+    # every package was named to mmdebstrap, so apt marked none as automatic: the resolution
+    # knows which ones came as dependencies
+    states = target / "var/lib/apt/extended_states"
+    states.parent.mkdir(parents=True, exist_ok=True)
+    states.write_text(render_extended_states(inp.packages))

@@ -38,6 +38,7 @@ class PlannedDeb:
     version: str
     architecture: str
     path: Path  # the .deb file, verified (repository hash, or a local file checked by dpkg-deb)
+    auto: bool = False  # only a dependency of what was asked for (apt's Auto-Installed)
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,7 @@ def _assemble(
     with layer.mounted():
         _write_policy_rc_d(layer.merged)
         _run_dpkg(layer, plan, progress, options)
+        _update_extended_states(layer.merged, plan)
     _clean_upper(layer)
     removals = hidden_paths(layer.upper, layer.lower)
     _strip(layer.upper)
@@ -179,6 +180,32 @@ def _assemble(
     files = sum(1 for p in _walk(layer.upper) if not p.is_dir() or p.is_symlink())
     progress.message(f"    {files} files written, {len(removals)} removed: {checksum}")
     return checksum
+
+
+EXTENDED_STATES = Path("usr/lib/sysimage/apt/extended_states")
+
+
+def _update_extended_states(root: Path, plan: LayerPlan) -> None:
+    """apt's automatic marks follow the change: the new packages that came only as
+    dependencies are marked, removed packages lose their entry, the base's marks stay."""
+    path = root / EXTENDED_STATES
+    text = path.read_text() if path.exists() else ""
+    entries: dict[tuple[str, str], str] = {}
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.strip().splitlines() if ": " in line)
+        if "Package" in fields:
+            entries[fields["Package"], fields.get("Architecture", "")] = block.strip() + "\n"
+    removed = set(plan.remove)
+    entries = {k: v for k, v in entries.items() if k[0] not in removed}
+    for deb in plan.install:
+        if deb.auto and (deb.name, deb.architecture) not in entries:
+            entries[deb.name, deb.architecture] = (
+                f"Package: {deb.name}\nArchitecture: {deb.architecture}\nAuto-Installed: 1\n"
+            )
+    new = "".join(entries[k] + "\n" for k in sorted(entries))
+    if new != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(new)
 
 
 # -- the scratch folders ----------------------------------------------------------------------

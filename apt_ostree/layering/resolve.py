@@ -220,7 +220,7 @@ def plan_layer(
         _indices(apt, progress, refresh=True)
         resolution, paths = _resolve_and_fetch(apt, marks, progress)
     install = [
-        PlannedDeb(p.name, p.version, p.architecture, path)
+        PlannedDeb(p.name, p.version, p.architecture, path, auto=p.auto)
         for p, path in zip(resolution.install, paths, strict=True)
     ] + [PlannedDeb(d.name, d.version, d.architecture, d.path) for d in resolution.local]
     return LayerPlan(

@@ -216,6 +216,16 @@ def test_tree_layout(composed: tuple[Path, Path, Result]) -> None:
     # no backups of the last state (status-old, shadow-): they would ship twice per upgrade
     assert "status-old" not in ostree(repo, "ls", "test/os", "/usr/lib/sysimage/dpkg")
     assert "/usr/etc/shadow-" not in ostree(repo, "ls", "test/os", "/usr/etc")
+    # apt's marks: what came only as a dependency is automatic, the treefile's packages not
+    states = ostree(repo, "cat", "test/os", "/usr/lib/sysimage/apt/extended_states")
+    auto = {block.split("\n")[0].removeprefix("Package: ") for block in states.split("\n\n")}
+    assert "Package: hello-aot-data\nArchitecture: all\nAuto-Installed: 1\n" in states
+    assert "hello-aot" not in auto and "libc6" in auto  # libc6: a dependency of the essentials
+    sysimage = ostree(repo, "cat", "test/os", "/usr/lib/tmpfiles.d/apt-ostree-sysimage.conf")
+    assert (
+        "L /var/lib/apt/extended_states - - - - ../../../usr/lib/sysimage/apt/extended_states"
+        in sysimage
+    )
 
 
 # ---------------------------------------------------------------------------------------------

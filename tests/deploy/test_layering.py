@@ -115,6 +115,13 @@ def test_install_layers_a_package_with_its_dependency(layered: Layered) -> None:
     assert (root / "usr/lib/libhtop-aot.so").exists()
     status = (root / "usr/lib/sysimage/dpkg/status").read_text()
     assert "Package: htop-aot" in status and "Package: libhtop-aot" in status
+    # apt's marks: the dependency is automatic, the request not; the base's marks stay
+    states = (root / "usr/lib/sysimage/apt/extended_states").read_text()
+    assert "Package: libhtop-aot\nArchitecture: " in states and "Package: htop-aot\n" not in states
+    repo = layered.machine.path / "ostree/repo"
+    base_states = ostree(f"--repo={repo}", "cat", base, "/usr/lib/sysimage/apt/extended_states")
+    assert "Auto-Installed: 1" in base_states
+    assert all(block in states for block in base_states.split("\n\n"))
     assert metadata(layered, "aptostree.clientlayer") == "true"
     assert metadata(layered, "aptostree.base-checksum") == f"'{base}'"
     assert "LayeredPackages: htop-aot" in ok("status", *layered.args()).stdout

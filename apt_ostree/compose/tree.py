@@ -9,6 +9,7 @@ final transaction, so a failure at any step leaves it exactly as it was.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -124,16 +125,48 @@ def _previous_commit(repo_path: Path, ref: str) -> ostree.CommitInfo | None:
     return ostree.read_commit(repo, checksum) if checksum else None
 
 
+WORKDIR_LOCK = ".apt-ostree-lock"  # held (flock) by the compose that works in the folder
+
+
 @contextmanager
 def workdir(cachedir: Path) -> Iterator[Path]:
+    """A scratch folder under CACHEDIR/tmp, locked while this compose uses it, removed after;
+    folders of composes that were killed are removed first (`remove_stale_workdirs`)."""
     base = cachedir / "tmp"
     base.mkdir(parents=True, exist_ok=True)
+    remove_stale_workdirs(cachedir)
     path = Path(tempfile.mkdtemp(prefix="compose-", dir=base))
+    lock = os.open(path / WORKDIR_LOCK, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         yield path
     finally:
         unmount_under(path)  # a tool killed before its own cleanup: never rm into its mounts
         shutil.rmtree(path, ignore_errors=True)
+        os.close(lock)
+
+
+def remove_stale_workdirs(cachedir: Path) -> list[Path]:
+    """Remove the scratch folders whose compose is gone (SIGKILL, a crash): their lock is
+    free. A folder without a lock file is left alone (being made, or from an older version)."""
+    removed = []
+    for path in sorted((cachedir / "tmp").glob("compose-*")):
+        try:
+            fd = os.open(path / WORKDIR_LOCK, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # its compose is running
+        try:
+            unmount_under(path)
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
+        removed.append(path)
+    return removed
 
 
 def _apt_root(cachedir: Path, suite: str, repos: Sequence[RepoEntry]) -> AptRoot:
@@ -176,6 +209,8 @@ def tree_size(root: Path) -> int:
 
 
 def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress) -> ComposeResult:
+    for stale in remove_stale_workdirs(options.cachedir):
+        progress.message(f"    removed {stale}, left by a compose that was killed")
     suite, repos = image_repos(treefile)
     previous = _previous_commit(options.repo, treefile.ref)
     apt = _apt_root(options.cachedir, suite, repos)

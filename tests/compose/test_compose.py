@@ -8,8 +8,10 @@ Debian's real Essential set and packages the tests build. Outcomes are checked w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import tarfile
 import time
@@ -479,28 +481,21 @@ def _mounts_under(pid: int | str, folder: Path) -> list[str]:
     return [m for m in (line.split()[4] for line in lines) if m.startswith(str(folder))]
 
 
-def _processes_naming(text: str) -> list[str]:
+def _processes_in(namespace: str) -> list[int]:
+    """The processes in mount namespace `namespace` (a readlink of /proc/PID/ns/mnt)."""
     found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue  # gone meanwhile
-        if text in argv:
-            found.append(f"{cmdline.parent.name}: {argv}")
+    for link in Path("/proc").glob("[0-9]*/ns/mnt"):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if os.readlink(link) == namespace:
+                found.append(int(link.parts[2]))
     return found
 
 
-def test_sigterm_during_bootstrap_leaves_nothing_behind(
-    apt_repo: AptRepo, existing_repo: Path, tmp_path: Path
-) -> None:
-    """SIGTERM while mmdebstrap has its /proc mounted in the tree: compose stops with one
-    error line, its mounts, processes and work folder go, the repository is as before."""
-    before = repo_snapshot(existing_repo)
-    cache = tmp_path / "cache"
+def _compose_until_mounted(tf: Path, repo: Path, cache: Path) -> subprocess.Popen[str]:
+    """`compose tree` started, returned once mmdebstrap has mounted /proc in the tree."""
     proc = subprocess.Popen(
-        [*sysroots.APT_OSTREE, "compose", "tree", str(treefile(tmp_path, apt_repo)),
-         "--repo", str(existing_repo), "--cachedir", str(cache)],
+        [*sysroots.APT_OSTREE, "compose", "tree", str(tf), "--repo", str(repo),
+         "--cachedir", str(cache)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -512,6 +507,24 @@ def test_sigterm_during_bootstrap_leaves_nothing_behind(
             assert proc.poll() is None, f"compose ended before mounting: {proc.stderr.read()}"  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "mmdebstrap mounted nothing in 300 s"
             time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def test_sigterm_during_bootstrap_leaves_nothing_behind(
+    apt_repo: AptRepo, existing_repo: Path, tmp_path: Path
+) -> None:
+    """SIGTERM while mmdebstrap has its /proc mounted in the tree: compose stops with one
+    error line, its mounts, processes and work folder go, the repository is as before."""
+    before = repo_snapshot(existing_repo)
+    cache = tmp_path / "cache"
+    proc = _compose_until_mounted(treefile(tmp_path, apt_repo), existing_repo, cache)
+    namespace = os.readlink(f"/proc/{proc.pid}/ns/mnt")
+    assert namespace != os.readlink("/proc/self/ns/mnt")  # compose made its own
+    try:
         proc.terminate()
         _, stderr = proc.communicate(timeout=120)
     finally:
@@ -522,9 +535,37 @@ def test_sigterm_during_bootstrap_leaves_nothing_behind(
     assert stderr.strip().splitlines()[-1] == "error: terminated", stderr
     assert "Traceback" not in stderr
     assert _mounts_under("self", cache) == []
-    assert _processes_naming(str(cache)) == []
+    assert _processes_in(namespace) == []  # mmdebstrap and its children stopped too
     assert list((cache / "tmp").iterdir()) == []
     assert repo_snapshot(existing_repo) == before
+
+
+def test_sigkilled_compose_leaves_no_mount_and_the_next_removes_its_folder(
+    apt_repo: AptRepo, existing_repo: Path, tmp_path: Path
+) -> None:
+    """SIGKILL gives compose no chance to clean up: its tools' mounts still never reach the
+    host (they were in compose's own mount namespace), and the next compose removes the
+    folder it left."""
+    cache = tmp_path / "cache"
+    tf = treefile(tmp_path, apt_repo)
+    proc = _compose_until_mounted(tf, existing_repo, cache)
+    namespace = os.readlink(f"/proc/{proc.pid}/ns/mnt")
+    proc.kill()
+    proc.wait()
+    assert _mounts_under("self", cache) == []
+    # mmdebstrap, orphaned, goes on in the dead compose's namespace: stop what we started
+    deadline = time.monotonic() + 60
+    while orphans := _processes_in(namespace):
+        for pid in orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert time.monotonic() < deadline, orphans
+        time.sleep(0.2)
+    [left] = list((cache / "tmp").iterdir())
+    result = cli("compose", "tree", tf, "--repo", existing_repo, "--cachedir", cache, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"removed {left}, left by a compose that was killed" in result.stderr
+    assert list((cache / "tmp").iterdir()) == []
 
 
 def test_usr_local_content_is_refused(

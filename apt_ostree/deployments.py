@@ -33,7 +33,7 @@ from apt_ostree.layering.build import build as build_layered
 from apt_ostree.layering.build import local_dir, remove_base_trees
 from apt_ostree.layering.build import refresh as layering_refresh
 from apt_ostree.layering.build import search as layering_search
-from apt_ostree.live import LiveState
+from apt_ostree.live import LiveState, drop_stale_ref
 from apt_ostree.live import read_state as read_live_state
 from apt_ostree.origin import CHECKSUM_RE, Origin, Refspec
 from apt_ostree.pkgdiff import PackageDiff, diff_packages
@@ -322,6 +322,10 @@ class SysrootClient:
                 recommends=_recommends,
             )
         stage = self.sysroot.is_booted()
+        if stage:  # after a reboot, apply-live's ref only pins an old commit
+            drop_stale_ref(
+                self.repo, next((d for d in self.sysroot.deployments() if d.booted), None)
+            )
         verb = "Staging" if stage else "Deploying"
         with self.progress.step(f"{verb} {checksum[:12]}"):
             root = self.sysroot.deploy(

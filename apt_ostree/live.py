@@ -34,7 +34,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apt_ostree import ostree
 from apt_ostree.accounts import merge_accounts
@@ -88,6 +88,13 @@ def read_state(booted: ostree.Deployment | None, path: Path = STATE_FILE) -> Liv
     except (OSError, ValueError, TypeError):
         return None
     return state if state.deployment == booted.id else None
+
+
+def drop_stale_ref(repo: Any, booted: ostree.Deployment | None) -> None:
+    """Delete LIVE_REF unless this boot has a live commit: a ref left by an earlier boot's
+    apply-live would keep its commit from being pruned for good."""
+    if read_state(booted) is None and ostree.resolve_ref(repo, LIVE_REF) is not None:
+        ostree.set_ref(repo, LIVE_REF, None)
 
 
 def _write_state(state: LiveState, path: Path = STATE_FILE) -> None:
@@ -305,8 +312,7 @@ def apply_live(client: SysrootClient, *, allow_replacement: bool = False) -> Out
         pending = _pending(client, booted)
         _check_base(client, booted, pending.checksum)
         live = read_state(booted)
-        if live is None:  # a ref left by an earlier boot's apply-live pins an old commit
-            ostree.set_ref(client.repo, LIVE_REF, None)
+        drop_stale_ref(client.repo, booted)
         source = live.commit if live else booted.checksum
         if source == pending.checksum:
             return Outcome(False, ("No changes to apply: the pending deployment is live.",))

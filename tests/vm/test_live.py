@@ -140,8 +140,13 @@ def test_apply_live_then_reboot_then_usroverlay(apt_ostree_image: Path, tmp_path
         final = booted(guest)
         assert final["unlocked"] == "none" and final["checksum"] == pending["checksum"]
 
+        # the first boot's apply-live left its ref: the next change drops it (no live commit
+        # on this boot), so the old commit can be pruned
+        refs = "ostree refs --repo=/sysroot/ostree/repo"
+        assert "aptostree/live-apply" in guest.check(refs)
         # a removal needs --allow-replacement; install --apply-live diffs from the live commit
         guest.check(f"apt-ostree uninstall {PACKAGE.name}", timeout=INSTALL_TIMEOUT)
+        assert "aptostree/live-apply" not in guest.check(refs)
         refused = guest.run("apt-ostree apply-live", timeout=300)
         assert refused.returncode == 1, refused.output
         assert f"packages would change or go: {PACKAGE.name} 1.0 removed" in refused.output

@@ -136,8 +136,10 @@ def workdir(cachedir: Path) -> Iterator[Path]:
     base.mkdir(parents=True, exist_ok=True)
     remove_stale_workdirs(cachedir)
     path = Path(tempfile.mkdtemp(prefix="compose-", dir=base))
-    lock = os.open(path / WORKDIR_LOCK, os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    # locked before it has its name: another compose never finds the lock file free but ours
+    lock = os.open(path / f"{WORKDIR_LOCK}.new", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     fcntl.flock(lock, fcntl.LOCK_EX)
+    os.rename(path / f"{WORKDIR_LOCK}.new", path / WORKDIR_LOCK)
     try:
         yield path
     finally:

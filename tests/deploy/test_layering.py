@@ -101,7 +101,7 @@ def metadata(layered: Layered, key: str) -> str:
 
 
 def test_install_layers_a_package_with_its_dependency(layered: Layered) -> None:
-    base = layered.machine.status()[0]["checksum"]
+    base = str(layered.machine.status()[0]["checksum"])
     result = ok("install", *layered.args(), "htop-aot")
     assert "Added:" in result.stdout and "htop-aot" in result.stdout
     # the deployment of the base is the overlay's lower: no checkout

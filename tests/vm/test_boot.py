@@ -3,10 +3,11 @@
 guest everything goes through apt-ostreed, started by D-Bus activation (no --sysroot), as root
 and without polkitd (root needs no authorization).
 
-One guest session covers the scenarios in three boots (each costs about a minute here):
+One guest session covers the scenarios in four boots (each costs about a minute here):
 boot 1 checks the image and `status` (scenario 1), stages an upgrade (2) and layers a package
 from a repository on the host (3); boot 2 checks all three and rolls back (5) with a kernel
-argument; boot 3 checks the rollback and the argument."""
+argument; boot 3 checks the rollback and the argument, then unlocks /usr for good
+(`usroverlay --hotfix`, scenario 6's other half); boot 4 checks that the hotfix stayed."""
 
 from __future__ import annotations
 
@@ -151,4 +152,20 @@ def test_status_upgrade_install_rollback_kargs(
             assert "apt_ostree_test=1" in booted["kernel-arguments"]
             assert guest.run(f"command -v {HELLO.name}").returncode != 0
             assert guest.check("cat /etc/apt-ostree-test-edit") == "kept\n"
-            assert len(guest.boot_seconds) == 3
+
+            # a hotfix: /usr writable across reboots; libostree keeps the deployment as it
+            # was as the rollback target
+            out = guest.check("apt-ostree usroverlay --hotfix", timeout=600)
+            assert "stays so across reboots" in out, out
+            guest.check("touch /usr/apt-ostree-test-hotfix")
+            checksums = [d["checksum"] for d in _deployments(guest)]
+            assert checksums.count(first) == 2, checksums
+            assert _booted(guest)["unlocked"] == "hotfix"
+
+            guest.reboot()
+            # boot 4: still unlocked, the file still there
+            assert guest.run("test -e /usr/apt-ostree-test-hotfix").returncode == 0
+            assert _booted(guest)["unlocked"] == "hotfix"
+            again = guest.run("apt-ostree usroverlay --unchanged-exit-77", timeout=300)
+            assert again.returncode == 77 and "already unlocked (hotfix)" in again.output
+            assert len(guest.boot_seconds) == 4

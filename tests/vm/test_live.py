@@ -12,6 +12,7 @@ with it, and `install --apply-live` brings the package back (a diff from the liv
 
 One boot session, in that order: apply-live's transient unlock and usroverlay's development
 unlock exclude each other within one boot, so scenario 6 runs after the first reboot.
+`usroverlay --hotfix` (unlocked across reboots) ends test_boot.py's session.
 """
 
 from __future__ import annotations
@@ -158,20 +159,3 @@ def test_apply_live_then_reboot_then_usroverlay(apt_ostree_image: Path, tmp_path
         guest.check(f"apt-ostree install --apply-live {PACKAGE.name}", timeout=INSTALL_TIMEOUT)
         assert guest.check(COMMAND) == SAYS
         assert booted(guest)["live-commit"] == status(guest)[0]["checksum"]
-
-
-def test_usroverlay_hotfix_stays_across_reboots(apt_ostree_image: Path, tmp_path: Path) -> None:
-    with vm.boot(apt_ostree_image, tmp_path / "vm") as guest:
-        before = booted(guest)
-        out = guest.check("apt-ostree usroverlay --hotfix", timeout=600)
-        assert "stays so across reboots" in out, out
-        guest.check("touch /usr/apt-ostree-test-hotfix")
-        # libostree keeps the deployment as it was as the rollback target
-        deployments = status(guest)
-        assert [d["checksum"] for d in deployments].count(before["checksum"]) == 2, deployments
-        assert booted(guest)["unlocked"] == "hotfix"
-        reboot(guest)
-        assert guest.run("test -e /usr/apt-ostree-test-hotfix").returncode == 0
-        assert booted(guest)["unlocked"] == "hotfix"
-        again = guest.run("apt-ostree usroverlay --unchanged-exit-77", timeout=300)
-        assert again.returncode == 77 and "already unlocked (hotfix)" in again.output

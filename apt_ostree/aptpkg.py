@@ -173,11 +173,16 @@ class ResolvedPackage:
         return f"{self.name}_{version}_{self.architecture}.deb"
 
 
+def auto_installed_entry(name: str, architecture: str) -> str:
+    """One package's entry in apt's extended_states: installed only as a dependency."""
+    return f"Package: {name}\nArchitecture: {architecture}\nAuto-Installed: 1\n"
+
+
 def render_extended_states(packages: Sequence[ResolvedPackage]) -> str:
     """apt's extended_states for a tree of `packages`: the ones installed only as dependencies
     marked Auto-Installed (`apt-mark showauto`), sorted."""
     return "".join(
-        f"Package: {p.name}\nArchitecture: {p.architecture}\nAuto-Installed: 1\n\n"
+        auto_installed_entry(p.name, p.architecture) + "\n"
         for p in sorted(packages, key=lambda p: (p.name, p.architecture))
         if p.auto
     )

@@ -199,8 +199,8 @@ def _update_extended_states(root: Path, plan: LayerPlan) -> None:
     entries = {k: v for k, v in entries.items() if k[0] not in removed}
     for deb in plan.install:
         if deb.auto and (deb.name, deb.architecture) not in entries:
-            entries[deb.name, deb.architecture] = (
-                f"Package: {deb.name}\nArchitecture: {deb.architecture}\nAuto-Installed: 1\n"
+            entries[deb.name, deb.architecture] = aptpkg.auto_installed_entry(
+                deb.name, deb.architecture
             )
     new = "".join(entries[k] + "\n" for k in sorted(entries))
     if new != text:

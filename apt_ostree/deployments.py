@@ -182,7 +182,7 @@ class SysrootClient:
     # ---- reading ----
 
     @property
-    def repo(self) -> Any:
+    def repo(self) -> ostree.Repo:
         return self.sysroot.repo
 
     def osname(self) -> str:
@@ -200,7 +200,7 @@ class SysrootClient:
         )
 
     def commit(self, checksum: str) -> CommitSummary:
-        return CommitSummary.of(ostree.read_commit(self.repo, checksum))
+        return CommitSummary.of(self.repo.read_commit(checksum))
 
     def _status(self, d: ostree.Deployment) -> DeploymentStatus:
         try:
@@ -251,13 +251,13 @@ class SysrootClient:
             raise DeploymentError(
                 f"the origin {refspec} names no remote: use rebase REMOTE:{refspec.ref}"
             )
-        if refspec.remote not in ostree.remote_names(self.repo):
+        if refspec.remote not in self.repo.remote_names():
             raise DeploymentError(f"unknown remote {refspec.remote!r}")
         return refspec.remote
 
     def _pull(self, remote: str, refs: Sequence[str], *, commit_only: bool = False) -> None:
         if commit_only:
-            ostree.pull(self.repo, remote, refs, commit_only=True)
+            self.repo.pull(remote, refs, commit_only=True)
             return
 
         def show(fetched: int, requested: int, done: int, speed: float) -> None:
@@ -267,7 +267,7 @@ class SysrootClient:
             )
 
         with self.progress.step(f"Pulling {' '.join(refs)} from {remote}"):
-            stats = ostree.pull(self.repo, remote, refs, on_progress=show)
+            stats = self.repo.pull(remote, refs, on_progress=show)
             self.progress.live(
                 f"    received {stats.fetched_objects} objects, "
                 f"{human_size(stats.bytes_transferred)} in {stats.seconds:.1f} s"
@@ -278,15 +278,13 @@ class SysrootClient:
     def _fetch_ref(self, refspec: Refspec, *, commit_only: bool) -> str:
         remote = self._remote(refspec)
         self._pull(remote, [refspec.ref], commit_only=commit_only)
-        checksum = ostree.resolve_ref(self.repo, f"{remote}:{refspec.ref}")
+        checksum = self.repo.resolve_ref(f"{remote}:{refspec.ref}")
         if checksum is None:
             raise DeploymentError(f"{refspec} did not resolve after the pull")
         return checksum
 
     def _fetch_commit(self, refspec: Refspec, checksum: str) -> None:
-        if ostree.has_commit(self.repo, checksum) and not ostree.commit_is_partial(
-            self.repo, checksum
-        ):
+        if self.repo.has_commit(checksum) and not self.repo.commit_is_partial(checksum):
             return
         self._pull(self._remote(refspec), [checksum])
 
@@ -382,8 +380,8 @@ class SysrootClient:
                 )
             if options.cache_only:
                 remote = self._remote(origin.refspec)
-                new = ostree.resolve_ref(self.repo, f"{remote}:{origin.refspec.ref}")
-                if new is None or ostree.commit_is_partial(self.repo, new):
+                new = self.repo.resolve_ref(f"{remote}:{origin.refspec.ref}")
+                if new is None or self.repo.commit_is_partial(new):
                     raise DeploymentError(
                         f"no downloaded update for {origin.refspec}: run upgrade --download-only"
                         " first"
@@ -419,10 +417,10 @@ class SysrootClient:
         if new.timestamp != current.timestamp:
             return new.timestamp < current.timestamp
         checksum: str | None = current.checksum
-        while checksum is not None and ostree.has_commit(self.repo, checksum):
+        while checksum is not None and self.repo.has_commit(checksum):
             if checksum == new.checksum:
                 return True
-            checksum = ostree.read_commit(self.repo, checksum).parent
+            checksum = self.repo.read_commit(checksum).parent
         if new.version and current.version:
             return aptpkg.version_compare(new.version, current.version) < 0
         return False
@@ -431,14 +429,14 @@ class SysrootClient:
         """Walk the ref's history (commit objects only) for a commit with that version."""
         remote = self._remote(refspec)
         with self.progress.step(f"Looking for version {version} in {refspec}"):
-            ostree.pull(self.repo, remote, [refspec.ref], commit_only=True, depth=-1)
-        checksum = ostree.resolve_ref(self.repo, f"{remote}:{refspec.ref}")
+            self.repo.pull(remote, [refspec.ref], commit_only=True, depth=-1)
+        checksum = self.repo.resolve_ref(f"{remote}:{refspec.ref}")
         while checksum is not None:
-            info = ostree.read_commit(self.repo, checksum)
+            info = self.repo.read_commit(checksum)
             if info.version == version:
                 return checksum
             parent = info.parent
-            checksum = parent if parent and ostree.has_commit(self.repo, parent) else None
+            checksum = parent if parent and self.repo.has_commit(parent) else None
         raise DeploymentError(f"version {version} not found in the history of {refspec}")
 
     def _revision(self, refspec: Refspec, revision: str) -> str:
@@ -786,7 +784,7 @@ class SysrootClient:
                 raise DeploymentError("there is no rollback deployment")
             return later[0].checksum
         try:
-            checksum = ostree.resolve_ref(self.repo, spec)
+            checksum = self.repo.resolve_ref(spec)
         except RepoError as e:
             raise DeploymentError(f"unknown commit, ref or deployment {spec!r}") from e
         if checksum is None:
@@ -908,7 +906,7 @@ def _init(
 ) -> Outcome:
     with progress.step(f"Initializing the sysroot {path}"):
         sysroot = ostree.Sysroot.initialize(path, osname)
-        ostree.add_remote(sysroot.repo, str(refspec.remote), url, **verify)
+        sysroot.repo.add_remote(str(refspec.remote), url, **verify)
     client = SysrootClient(path, osname, progress)
     with client._locked():
         checksum = client._fetch_ref(refspec, commit_only=False)

@@ -34,7 +34,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from apt_ostree import ostree
 from apt_ostree.accounts import merge_accounts
@@ -90,11 +90,11 @@ def read_state(booted: ostree.Deployment | None, path: Path = STATE_FILE) -> Liv
     return state if state.deployment == booted.id else None
 
 
-def drop_stale_ref(repo: Any, booted: ostree.Deployment | None) -> None:
+def drop_stale_ref(repo: ostree.Repo, booted: ostree.Deployment | None) -> None:
     """Delete LIVE_REF unless this boot has a live commit: a ref left by an earlier boot's
     apply-live would keep its commit from being pruned for good."""
-    if read_state(booted) is None and ostree.resolve_ref(repo, LIVE_REF) is not None:
-        ostree.set_ref(repo, LIVE_REF, None)
+    if read_state(booted) is None and repo.resolve_ref(LIVE_REF) is not None:
+        repo.set_ref(LIVE_REF, None)
 
 
 def _write_state(state: LiveState, path: Path = STATE_FILE) -> None:
@@ -262,7 +262,7 @@ def _host_namespace() -> bool:
 
 def _unlock(client: SysrootClient, deployment: ostree.Deployment, state: str) -> None:
     if _host_namespace():
-        ostree.deployment_unlock(client.sysroot, deployment, state)
+        client.sysroot.unlock(deployment, state)
         return
     argv = ["nsenter", "--mount=/proc/1/ns/mnt", "--", sys.executable, "-m", "apt_ostree.live"]
     try:
@@ -319,12 +319,12 @@ def apply_live(client: SysrootClient, *, allow_replacement: bool = False) -> Out
         packages = diff_packages(
             client.commit(source).packages, client.commit(pending.checksum).packages
         )
-        files = ostree.diff_commits(client.repo, source, pending.checksum)
+        files = client.repo.diff_commits(source, pending.checksum)
         if not allow_replacement:
             _check_additions(packages, files)
         replaced = bool(allow_replacement and (files.modified or files.removed))
         lines = _apply(client, booted, pending, files, replace=allow_replacement)
-        ostree.set_ref(client.repo, LIVE_REF, pending.checksum)
+        client.repo.set_ref(LIVE_REF, pending.checksum)
         _write_state(
             LiveState(
                 booted.id,
@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not booted:
             raise LiveError("not booted from OSTree")
-        ostree.deployment_unlock(sysroot, booted[0], args.state)
+        sysroot.unlock(booted[0], args.state)
     except AptOstreeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
 """The one adapter to libostree (`gi.repository.OSTree`).
 
 Everything here unpacks GI's `(ok, value)` tuples, builds `GLib.Variant`s with explicit
-types, turns `GLib.Error` into `RepoError`, and returns plain Python.
+types, turns `GLib.Error` into `RepoError`, and returns plain Python: the GI repository and
+sysroot objects stay inside `Repo` and `Sysroot`, so no other module imports gi for libostree.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from apt_ostree.errors import RepoError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
+AT_FDCWD = -100
+
 
 @dataclass(frozen=True)
 class CommitInfo:
@@ -40,51 +43,29 @@ class CommitInfo:
         return str(v) if v is not None else None
 
 
+@dataclass(frozen=True)
+class PullStats:
+    fetched_objects: int
+    bytes_transferred: int
+    delta_parts: int
+    seconds: float
+
+
+PullProgressCallback = Callable[[int, int, int, float], None]  # fetched, requested, bytes, speed
+
+
+@dataclass(frozen=True)
+class TreeDiff:
+    """Paths (relative, no leading /) that differ between two commits; a folder that is new
+    is listed with everything in it, parents first."""
+
+    added: tuple[str, ...]
+    modified: tuple[str, ...]
+    removed: tuple[str, ...]
+
+
 def _fail(what: str, e: GLib.Error) -> RepoError:
     return RepoError(f"{what}: {e.message}")
-
-
-def open_repo(path: Path, *, create: bool = False) -> Any:
-    """Open the repository at `path`; with create=True make an archive repo when absent."""
-    repo = OSTree.Repo.new(Gio.File.new_for_path(str(path)))
-    if create and not (path / "config").exists():
-        if path.exists() and any(path.iterdir()):
-            raise RepoError(f"{path} is not an OSTree repository (and not empty)")
-        path.mkdir(parents=True, exist_ok=True)
-        try:
-            repo.create(OSTree.RepoMode.ARCHIVE, None)
-        except GLib.Error as e:
-            raise _fail(f"cannot create repository {path}", e) from e
-        return repo
-    try:
-        repo.open(None)
-    except GLib.Error as e:
-        raise _fail(f"cannot open repository {path}", e) from e
-    return repo
-
-
-def resolve_ref(repo: Any, ref: str) -> str | None:
-    try:
-        _, rev = repo.resolve_rev(ref, True)
-    except GLib.Error as e:
-        raise _fail(f"cannot resolve {ref}", e) from e
-    return str(rev) if rev else None
-
-
-def read_commit(repo: Any, checksum: str) -> CommitInfo:
-    try:
-        _, variant = repo.load_variant(OSTree.ObjectType.COMMIT, checksum)
-    except GLib.Error as e:
-        raise _fail(f"cannot read commit {checksum}", e) from e
-    metadata = variant.get_child_value(0).unpack()
-    parent = OSTree.commit_get_parent(variant)
-    return CommitInfo(
-        checksum=checksum,
-        parent=parent,
-        subject=variant.get_child_value(3).get_string(),
-        timestamp=OSTree.commit_get_timestamp(variant),
-        metadata=metadata,
-    )
 
 
 def _variant(key: str, value: Any) -> GLib.Variant:
@@ -92,61 +73,493 @@ def _variant(key: str, value: Any) -> GLib.Variant:
     return GLib.Variant(signature, value)
 
 
-def metadata_variant(metadata: Mapping[str, Any]) -> GLib.Variant:
+def _metadata_variant(metadata: Mapping[str, Any]) -> GLib.Variant:
     return GLib.Variant("a{sv}", {k: _variant(k, v) for k, v in sorted(metadata.items())})
 
 
-@contextmanager
-def transaction(repo: Any) -> Iterator[None]:
-    """An OSTree transaction that is aborted on any exception (no ref moves, staging dropped)."""
+def _ed25519_secret(secret_key_file: Path) -> str:
     try:
-        repo.prepare_transaction(None)
-    except GLib.Error as e:
-        raise _fail("cannot start a repository transaction", e) from e
-    try:
-        yield
-    except BaseException:
-        repo.abort_transaction(None)
-        raise
-    try:
-        repo.commit_transaction(None)
-    except GLib.Error as e:
-        repo.abort_transaction(None)
-        raise _fail("cannot complete the repository transaction", e) from e
+        return secret_key_file.read_text().split()[0]
+    except (OSError, IndexError) as e:
+        raise RepoError(f"cannot read ed25519 secret key {secret_key_file}") from e
 
 
-def commit_tree(
-    repo: Any,
-    tree: Path,
-    *,
-    ref: str,
-    parent: str | None,
-    subject: str,
-    metadata: Mapping[str, Any],
-    timestamp: int,
-) -> str:
-    """Commit the folder `tree` onto `ref` with `metadata`; return the new checksum."""
-    modifier = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.NONE, None, None)
-    with transaction(repo):
+def _short(checksum: str | None) -> str:
+    return checksum[:6] if checksum else "scratch"
+
+
+def _delta_dir(from_checksum: str | None, to_checksum: str) -> str:
+    """The folder of a delta under `deltas/`, named as libostree names it (ostree-repo-static-
+    delta-core.c): modified base64 of the checksums, split after two characters."""
+    to_b64 = OSTree.checksum_b64_from_bytes(OSTree.checksum_to_bytes(to_checksum))
+    if from_checksum is None:
+        return f"{to_b64[:2]}/{to_b64[2:]}"
+    from_b64 = OSTree.checksum_b64_from_bytes(OSTree.checksum_to_bytes(from_checksum))
+    return f"{from_b64[:2]}/{from_b64[2:]}-{to_b64}"
+
+
+def _mtree_parent(mtree: Any, rel: str) -> tuple[Any, str]:
+    # lookup(), not walk(): PyGObject hands walk() a path array it misreads (walk(["usr",
+    # "share"]) gives /usr), and lookup() loads a lazily read folder before it is changed.
+    *parents, name = rel.split("/")
+    for part in parents:
+        _, _, mtree = mtree.lookup(part)
+    return mtree, name
+
+
+class Repo:
+    """An OSTree repository. Made by `Repo.open` or `Sysroot.repo`; the GI `OSTree.Repo` it
+    wraps never leaves this module."""
+
+    def __init__(self, repo: Any) -> None:
+        self._repo = repo
+
+    @staticmethod
+    def open(path: Path, *, create: bool = False) -> Repo:
+        """Open the repository at `path`; with create=True make an archive repo when absent."""
+        repo = OSTree.Repo.new(Gio.File.new_for_path(str(path)))
+        if create and not (path / "config").exists():
+            if path.exists() and any(path.iterdir()):
+                raise RepoError(f"{path} is not an OSTree repository (and not empty)")
+            path.mkdir(parents=True, exist_ok=True)
+            try:
+                repo.create(OSTree.RepoMode.ARCHIVE, None)
+            except GLib.Error as e:
+                raise _fail(f"cannot create repository {path}", e) from e
+            return Repo(repo)
         try:
-            mtree = OSTree.MutableTree.new()
-            repo.write_directory_to_mtree(Gio.File.new_for_path(str(tree)), mtree, modifier, None)
-            _, root = repo.write_mtree(mtree, None)
-            _, checksum = repo.write_commit_with_time(
-                parent, subject, None, metadata_variant(metadata), root, timestamp, None
+            repo.open(None)
+        except GLib.Error as e:
+            raise _fail(f"cannot open repository {path}", e) from e
+        return Repo(repo)
+
+    @property
+    def path(self) -> Path:
+        return Path(self._repo.get_path().get_path())
+
+    # ---- refs and commits ----
+
+    def resolve_ref(self, ref: str) -> str | None:
+        try:
+            _, rev = self._repo.resolve_rev(ref, True)
+        except GLib.Error as e:
+            raise _fail(f"cannot resolve {ref}", e) from e
+        return str(rev) if rev else None
+
+    def list_refs(self) -> Sequence[str]:
+        try:
+            _, refs = self._repo.list_refs(None, None)
+        except GLib.Error as e:
+            raise _fail("cannot list refs", e) from e
+        return sorted(refs)
+
+    def set_ref(self, ref: str, checksum: str | None) -> None:
+        """Point `ref` at `checksum` at once, outside a transaction (None deletes the ref)."""
+        try:
+            self._repo.set_ref_immediate(None, ref, checksum, None)
+        except GLib.Error as e:
+            raise _fail(f"cannot set {ref} to {checksum or '(none)'}", e) from e
+
+    def read_commit(self, checksum: str) -> CommitInfo:
+        try:
+            _, variant = self._repo.load_variant(OSTree.ObjectType.COMMIT, checksum)
+        except GLib.Error as e:
+            raise _fail(f"cannot read commit {checksum}", e) from e
+        return CommitInfo(
+            checksum=checksum,
+            parent=OSTree.commit_get_parent(variant),
+            subject=variant.get_child_value(3).get_string(),
+            timestamp=OSTree.commit_get_timestamp(variant),
+            metadata=variant.get_child_value(0).unpack(),
+        )
+
+    def has_commit(self, checksum: str) -> bool:
+        try:
+            _, found = self._repo.has_object(OSTree.ObjectType.COMMIT, checksum, None)
+        except GLib.Error as e:
+            raise _fail(f"cannot look up {checksum}", e) from e
+        return bool(found)
+
+    def commit_is_partial(self, checksum: str) -> bool:
+        try:
+            _, _, state = self._repo.load_commit(checksum)
+        except GLib.Error as e:
+            raise _fail(f"commit {checksum} is not in the repository", e) from e
+        return bool(state & OSTree.RepoCommitState.PARTIAL)
+
+    # ---- writing commits ----
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """An OSTree transaction that is aborted on any exception (no ref moves, staging
+        dropped)."""
+        try:
+            self._repo.prepare_transaction(None)
+        except GLib.Error as e:
+            raise _fail("cannot start a repository transaction", e) from e
+        try:
+            yield
+        except BaseException:
+            self._repo.abort_transaction(None)
+            raise
+        try:
+            self._repo.commit_transaction(None)
+        except GLib.Error as e:
+            self._repo.abort_transaction(None)
+            raise _fail("cannot complete the repository transaction", e) from e
+
+    def write_commit(
+        self,
+        tree: Path,
+        *,
+        base: str | None = None,
+        remove: Sequence[str] = (),
+        ref: str | None = None,
+        parent: str | None = None,
+        subject: str,
+        metadata: Mapping[str, Any],
+        timestamp: int,
+    ) -> str:
+        """Commit the folder `tree` with `metadata`; return the new checksum. With `ref`, the
+        ref moves to it in the same transaction (else no ref moves).
+
+        With `base`, `tree` is written on top of the tree of the commit `base`, less the paths
+        `remove` (relative, no leading /). The base's tree is never read from disk: its root is
+        loaded into a MutableTree by checksum, so the cost is that of `tree` and `remove`,
+        whatever the size of the base.
+        """
+        if remove and base is None:
+            raise ValueError("remove needs a base to remove from")
+        modifier = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.NONE, None, None)
+        with self.transaction():
+            try:
+                if base is None:
+                    mtree = OSTree.MutableTree.new()
+                else:
+                    mtree = OSTree.MutableTree.new_from_commit(self._repo, base)
+                for rel in remove:
+                    subdir, name = _mtree_parent(mtree, rel)
+                    subdir.remove(name, True)
+                folder = Gio.File.new_for_path(str(tree))
+                self._repo.write_directory_to_mtree(folder, mtree, modifier, None)
+                _, root = self._repo.write_mtree(mtree, None)
+                _, checksum = self._repo.write_commit_with_time(
+                    parent, subject, None, _metadata_variant(metadata), root, timestamp, None
+                )
+            except GLib.Error as e:
+                what = tree if base is None else f"the layer on {base}"
+                raise _fail(f"cannot commit {what}", e) from e
+            if ref is not None:
+                self._repo.transaction_set_ref(None, ref, checksum)
+        return str(checksum)
+
+    def gpg_sign_commit(self, checksum: str, key_id: str, homedir: Path | None) -> None:
+        """Attach a GPG signature (a detached-metadata entry) to a commit."""
+        try:
+            self._repo.sign_commit(checksum, key_id, str(homedir) if homedir else None, None)
+        except GLib.Error as e:
+            raise _fail(f"cannot GPG-sign {checksum} with key {key_id}", e) from e
+
+    def ed25519_sign_commit(self, checksum: str, secret_key_file: Path) -> None:
+        """Sign a commit with the ed25519 secret key in `secret_key_file` (base64, as
+        ostree's)."""
+        secret = _ed25519_secret(secret_key_file)
+        try:
+            signer = OSTree.Sign.get_by_name("ed25519")
+            signer.set_sk(GLib.Variant("s", secret))
+            signer.commit(self._repo, checksum, None)
+        except GLib.Error as e:
+            raise _fail(f"cannot sign {checksum} with {secret_key_file}", e) from e
+
+    # ---- config and remotes ----
+
+    def set_config(self, group: str, key: str, value: str) -> None:
+        """Set `[group] key=value` in the repository's config (as `ostree config set`)."""
+        config = self._repo.copy_config()
+        config.set_string(group, key, value)
+        try:
+            self._repo.write_config(config)
+        except GLib.Error as e:
+            raise _fail(f"cannot write the config of {self.path}", e) from e
+
+    def add_remote(
+        self,
+        name: str,
+        url: str,
+        *,
+        gpg_verify: bool,
+        gpg_keyring: Path | None = None,
+        ed25519_key: str | None = None,
+    ) -> None:
+        """Add (or replace) the remote `name` with its verification settings."""
+        options: dict[str, GLib.Variant] = {
+            "gpg-verify": GLib.Variant("b", gpg_verify),
+            "gpg-verify-summary": GLib.Variant("b", False),
+        }
+        if ed25519_key is not None:
+            options["sign-verify"] = GLib.Variant("b", True)
+            options["verification-ed25519-key"] = GLib.Variant("s", ed25519_key)
+        try:
+            self._repo.remote_change(
+                None,
+                OSTree.RepoRemoteChange.REPLACE,
+                name,
+                url,
+                GLib.Variant("a{sv}", options),
+                None,
+            )
+            if gpg_keyring is not None:
+                stream = Gio.File.new_for_path(str(gpg_keyring)).read(None)
+                self._repo.remote_gpg_import(name, stream, None, None)
+        except GLib.Error as e:
+            raise _fail(f"cannot configure remote {name}", e) from e
+
+    def remote_names(self) -> list[str]:
+        return sorted(self._repo.remote_list() or [])
+
+    # ---- pulls ----
+
+    def pull(
+        self,
+        remote: str,
+        refs: Sequence[str],
+        *,
+        commit_only: bool = False,
+        depth: int = 0,
+        on_progress: PullProgressCallback | None = None,
+    ) -> PullStats:
+        """Pull `refs` (names or checksums) from `remote`, with libostree's verification."""
+        flags = OSTree.RepoPullFlags.COMMIT_ONLY if commit_only else OSTree.RepoPullFlags.NONE
+        options = GLib.Variant(
+            "a{sv}",
+            {
+                "refs": GLib.Variant("as", list(refs)),
+                "flags": GLib.Variant("i", int(flags)),
+                "depth": GLib.Variant("i", depth),
+            },
+        )
+        start = time.monotonic()
+        progress = OSTree.AsyncProgress.new()
+        last = {"bytes": 0, "fetched": 0, "parts": 0}
+
+        def changed(p: Any) -> None:
+            fetched, requested = p.get_uint("fetched"), p.get_uint("requested")
+            transferred = p.get_uint64("bytes-transferred")
+            last.update(bytes=transferred, fetched=fetched, parts=p.get_uint("fetched-delta-parts"))
+            if on_progress is not None:
+                elapsed = max(time.monotonic() - start, 1e-3)
+                on_progress(fetched, requested, transferred, transferred / elapsed)
+
+        progress.connect("changed", changed)
+        try:
+            self._repo.pull_with_options(remote, options, progress, None)
+        except GLib.Error as e:
+            raise _fail(f"cannot pull {', '.join(refs)} from {remote}", e) from e
+        finally:
+            progress.finish()
+        changed(progress)
+        return PullStats(last["fetched"], last["bytes"], last["parts"], time.monotonic() - start)
+
+    def pull_local(self, source: Path, ref: str, *, remote: str | None) -> str:
+        """Copy `ref` of the repository at `source` into this one; return its checksum.
+
+        With `remote`, the ref is written as `remote:ref` (libostree's `override-remote-name`,
+        as `ostree pull-local --remote`), so a sysroot made from a local build upgrades from
+        that remote.
+        """
+        options: dict[str, GLib.Variant] = {
+            "refs": GLib.Variant("as", [ref]),
+            "flags": GLib.Variant("i", int(OSTree.RepoPullFlags.NONE)),
+        }
+        if remote is not None:
+            options["override-remote-name"] = GLib.Variant("s", remote)
+        try:
+            self._repo.pull_with_options(
+                f"file://{source.absolute()}", GLib.Variant("a{sv}", options), None, None
             )
         except GLib.Error as e:
-            raise _fail(f"cannot commit {tree}", e) from e
-        repo.transaction_set_ref(None, ref, checksum)
-    return str(checksum)
+            raise _fail(f"cannot copy {ref} from {source}", e) from e
+        checksum = self.resolve_ref(f"{remote}:{ref}" if remote else ref)
+        if checksum is None:
+            raise RepoError(f"{ref} was not copied from {source}")
+        return checksum
+
+    # ---- reading trees ----
+
+    def read_file(self, checksum: str, path: str) -> bytes | None:
+        """The content of one file of a commit (None when absent), read without a checkout."""
+        try:
+            _, root, _ = self._repo.read_commit(checksum, None)
+            f = root.resolve_relative_path(path.lstrip("/"))
+            if not f.query_exists(None):
+                return None
+            f.ensure_resolved()
+            _, stream, _, _ = self._repo.load_file(f.get_checksum(), None)
+            chunks: list[bytes] = []
+            while stream is not None:
+                chunk = stream.read_bytes(1 << 20, None).get_data()
+                if not chunk:
+                    break
+                chunks.append(bytes(chunk))
+        except GLib.Error as e:
+            raise _fail(f"cannot read {path} of {checksum}", e) from e
+        return b"".join(chunks)
+
+    def checkout_subpath(self, checksum: str, subpath: str, dest: Path) -> None:
+        """Check out one folder of a commit into `dest` (made here; plain copies, user mode)."""
+        options = OSTree.RepoCheckoutAtOptions()
+        options.mode = OSTree.RepoCheckoutMode.USER
+        options.subpath = subpath
+        try:
+            self._repo.checkout_at(options, AT_FDCWD, str(dest), checksum, None)
+        except GLib.Error as e:
+            raise _fail(f"cannot check out {subpath} of {checksum}", e) from e
+
+    def checkout_hardlinked(self, checksum: str, dest: Path) -> None:
+        """Check out `checksum` at `dest` (which must not exist) sharing the repository's
+        objects.
+
+        A bare repository's objects are hard-linked as they are (mode NONE keeps owners and
+        xattrs); a bare-user one's in USER mode. Either way no file is copied
+        (`no_copy_fallback`: a repository on another filesystem is an error, not a silent
+        copy), so the files of `dest` ARE the repository's objects: never write into them. An
+        archive repository has no files to link and is checked out by copying.
+        """
+        mode = self._repo.get_mode()
+        options = OSTree.RepoCheckoutAtOptions()
+        bare = mode == OSTree.RepoMode.BARE
+        options.mode = OSTree.RepoCheckoutMode.NONE if bare else OSTree.RepoCheckoutMode.USER
+        options.no_copy_fallback = mode != OSTree.RepoMode.ARCHIVE
+        try:
+            self._repo.checkout_at(options, AT_FDCWD, str(dest), checksum, None)
+        except GLib.Error as e:
+            raise _fail(f"cannot check out {checksum} at {dest}", e) from e
+
+    def diff_commits(self, old: str, new: str, subpath: str = "usr") -> TreeDiff:
+        """What changes from commit `old` to `new` below `subpath`, read from the repository
+        (folders whose content checksums agree are not entered, as `ostree diff`)."""
+        diff: tuple[list[str], list[str], list[str]] = ([], [], [])
+        try:
+            _, a, _ = self._repo.read_commit(old, None)
+            _, b, _ = self._repo.read_commit(new, None)
+            _diff_folders(a.get_child(subpath), b.get_child(subpath), subpath, diff)
+        except GLib.Error as e:
+            raise _fail(f"cannot compare {old[:12]} with {new[:12]}", e) from e
+        return TreeDiff(*(tuple(d) for d in diff))
+
+    # ---- static deltas and summary ----
+
+    def generate_static_delta(self, from_checksum: str | None, to_checksum: str) -> None:
+        """Write the static delta from `from_checksum` (None: "from scratch") to `to_checksum`.
+
+        MAJOR deltas are the ones meant for serving (ostree static-delta generate's default);
+        the defaults of the parameters (bsdiff on, objects over 4 MB left to a plain fetch)
+        are kept.
+        """
+        params = GLib.Variant("a{sv}", {})
+        try:
+            self._repo.static_delta_generate(
+                OSTree.StaticDeltaGenerateOpt.MAJOR, from_checksum, to_checksum, None, params, None
+            )
+        except GLib.Error as e:
+            what = f"{_short(from_checksum)} -> {_short(to_checksum)}"
+            raise _fail(f"cannot generate the static delta {what}", e) from e
+
+    def static_delta_size(self, from_checksum: str | None, to_checksum: str) -> int:
+        """Bytes a client downloads for this delta (its superblock and parts); 0 when absent."""
+        folder = self.path / "deltas" / _delta_dir(from_checksum, to_checksum)
+        if not folder.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+    def regenerate_summary(self) -> None:
+        """Rewrite the repository's `summary` (refs, and the index of static deltas) for
+        clients of a plain HTTP server. libostree drops the old `summary.sig`: sign again
+        afterwards."""
+        try:
+            self._repo.regenerate_summary(None, None)
+        except GLib.Error as e:
+            raise _fail("cannot regenerate the summary", e) from e
+
+    def gpg_sign_summary(self, key_id: str, homedir: Path | None) -> None:
+        """Add a GPG signature of the current summary to `summary.sig`."""
+        try:
+            self._repo.add_gpg_signature_summary([key_id], str(homedir) if homedir else None, None)
+        except GLib.Error as e:
+            raise _fail(f"cannot GPG-sign the summary with key {key_id}", e) from e
+
+    def ed25519_sign_summary(self, secret_key_file: Path) -> None:
+        """Add an ed25519 signature of the current summary to `summary.sig`."""
+        secret = _ed25519_secret(secret_key_file)
+        try:
+            signer = OSTree.Sign.get_by_name("ed25519")
+            # ostree_sign_summary takes the secret keys as an "av" of engine-specific keys
+            keys_variant = GLib.Variant("av", [GLib.Variant("s", secret)])
+            signer.summary(self._repo, keys_variant, None)
+        except GLib.Error as e:
+            raise _fail(f"cannot sign the summary with {secret_key_file}", e) from e
 
 
-def list_refs(repo: Any) -> Sequence[str]:
-    try:
-        _, refs = repo.list_refs(None, None)
-    except GLib.Error as e:
-        raise _fail("cannot list refs", e) from e
-    return sorted(refs)
+# ---- comparing the trees of two commits (Repo.diff_commits) ----
+
+
+def _children(folder: Any) -> dict[str, tuple[Any, Any]]:
+    """name -> (GFile, Gio.FileType) of a folder of a commit."""
+    out: dict[str, tuple[Any, Any]] = {}
+    infos = folder.enumerate_children(
+        "standard::name,standard::type", Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None
+    )
+    while (info := infos.next_file(None)) is not None:
+        out[info.get_name()] = (folder.get_child(info.get_name()), info.get_file_type())
+    return out
+
+
+def _same(a: Any, b: Any, kind: Any) -> bool:
+    a.ensure_resolved()
+    b.ensure_resolved()
+    if kind == Gio.FileType.DIRECTORY:
+        return bool(
+            a.tree_get_contents_checksum() == b.tree_get_contents_checksum()
+            and a.tree_get_metadata_checksum() == b.tree_get_metadata_checksum()
+        )
+    return bool(a.get_checksum() == b.get_checksum())  # content and metadata, as ostree's
+
+
+def _all_below(folder: Any, rel: str, out: list[str]) -> None:
+    for name, (child, kind) in sorted(_children(folder).items()):
+        out.append(f"{rel}/{name}")
+        if kind == Gio.FileType.DIRECTORY:
+            _all_below(child, f"{rel}/{name}", out)
+
+
+def _diff_folders(a: Any, b: Any, rel: str, diff: tuple[list[str], list[str], list[str]]) -> None:
+    added, modified, removed = diff
+    old, new = _children(a), _children(b)
+    for name in sorted(old.keys() | new.keys()):
+        path = f"{rel}/{name}" if rel else name
+        if name not in new:
+            removed.append(path)
+            continue
+        child, kind = new[name]
+        if name not in old:
+            added.append(path)
+            if kind == Gio.FileType.DIRECTORY:
+                _all_below(child, path, added)
+            continue
+        old_child, old_kind = old[name]
+        if old_kind != kind:
+            modified.append(path)
+            if kind == Gio.FileType.DIRECTORY:
+                _all_below(child, path, modified)
+        elif not _same(old_child, child, kind):
+            if kind == Gio.FileType.DIRECTORY:
+                old_child.ensure_resolved()
+                child.ensure_resolved()
+                if old_child.tree_get_metadata_checksum() != child.tree_get_metadata_checksum():
+                    modified.append(path)
+                _diff_folders(old_child, child, path, diff)
+            else:
+                modified.append(path)
 
 
 # ---- sysroots and deployments ----
@@ -173,15 +586,13 @@ class Deployment:
         return f"{self.osname}-{self.checksum}.{self.serial}"
 
 
-@dataclass(frozen=True)
-class PullStats:
-    fetched_objects: int
-    bytes_transferred: int
-    delta_parts: int
-    seconds: float
-
-
-PullProgressCallback = Callable[[int, int, int, float], None]  # fetched, requested, bytes, speed
+# live changes of a booted system (usroverlay, apply-live: apt_ostree/live.py)
+_UNLOCKED = {
+    "development": OSTree.DeploymentUnlockedState.DEVELOPMENT,
+    "hotfix": OSTree.DeploymentUnlockedState.HOTFIX,
+    "transient": OSTree.DeploymentUnlockedState.TRANSIENT,
+}
+UNLOCK_STATES = tuple(_UNLOCKED)  # the names `Sysroot.unlock` takes
 
 
 def _keyfile(text: str) -> GLib.KeyFile:
@@ -199,9 +610,11 @@ class Sysroot:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(str(path)))
+        self._repo: Repo | None = None
         self.load()
 
     def load(self) -> None:
+        self._repo = None
         try:
             self._sysroot.load(None)
         except GLib.Error as e:
@@ -237,12 +650,17 @@ class Sysroot:
             self._sysroot.unlock()
 
     @property
-    def repo(self) -> Any:
-        try:
-            _, repo = self._sysroot.get_repo(None)
-        except GLib.Error as e:
-            raise _fail(f"cannot open the repository of {self.path}", e) from e
-        return repo
+    def repo(self) -> Repo:
+        """The sysroot's repository (`ostree/repo`), kept until the next `load()`: libostree's
+        ostree_sysroot_get_repo returns a reference to the sysroot's own open repository, not
+        a new one, so keeping the wrapper keeps nothing a fresh call would not give."""
+        if self._repo is None:
+            try:
+                _, repo = self._sysroot.get_repo(None)
+            except GLib.Error as e:
+                raise _fail(f"cannot open the repository of {self.path}", e) from e
+            self._repo = Repo(repo)
+        return self._repo
 
     def is_booted(self) -> bool:
         return self._sysroot.get_booted_deployment() is not None
@@ -324,451 +742,25 @@ class Sysroot:
         finally:
             self.load()
 
+    def unlock(self, deployment: Deployment, state: str) -> None:
+        """libostree's unlock of a deployment (`ostree admin unlock`; not the sysroot lock of
+        `locked()`): an overlayfs on /usr of the booted deployment, mounted in the calling
+        process's mount namespace (libostree 2022.7 mounts from a forked child, no setns).
+
+        development: writable, its upper layer in /var/tmp, gone at reboot; transient: the
+        same but mounted read-only (only a private remount writes); hotfix: persistent, and
+        libostree first clones the deployment as a rollback target."""
+        gi_deployment = self._find(deployment)
+        try:
+            self._sysroot.deployment_unlock(gi_deployment, _UNLOCKED[state], None)
+        except GLib.Error as e:
+            raise _fail(f"cannot unlock {deployment.id}", e) from e
+        finally:
+            self.load()
+
     def cleanup(self) -> None:
         """Remove undeployed trees and prune repository objects no ref or deployment uses."""
         try:
             self._sysroot.cleanup(None)
         except GLib.Error as e:
             raise _fail(f"cannot clean up {self.path}", e) from e
-
-
-def set_config(repo: Any, group: str, key: str, value: str) -> None:
-    """Set `[group] key=value` in the repository's config (as `ostree config set`)."""
-    config = repo.copy_config()
-    config.set_string(group, key, value)
-    try:
-        repo.write_config(config)
-    except GLib.Error as e:
-        raise _fail(f"cannot write the config of {repo.get_path().get_path()}", e) from e
-
-
-def add_remote(
-    repo: Any,
-    name: str,
-    url: str,
-    *,
-    gpg_verify: bool,
-    gpg_keyring: Path | None = None,
-    ed25519_key: str | None = None,
-) -> None:
-    """Add (or replace) the remote `name` with its verification settings."""
-    options: dict[str, GLib.Variant] = {
-        "gpg-verify": GLib.Variant("b", gpg_verify),
-        "gpg-verify-summary": GLib.Variant("b", False),
-    }
-    if ed25519_key is not None:
-        options["sign-verify"] = GLib.Variant("b", True)
-        options["verification-ed25519-key"] = GLib.Variant("s", ed25519_key)
-    try:
-        repo.remote_change(
-            None,
-            OSTree.RepoRemoteChange.REPLACE,
-            name,
-            url,
-            GLib.Variant("a{sv}", options),
-            None,
-        )
-        if gpg_keyring is not None:
-            stream = Gio.File.new_for_path(str(gpg_keyring)).read(None)
-            repo.remote_gpg_import(name, stream, None, None)
-    except GLib.Error as e:
-        raise _fail(f"cannot configure remote {name}", e) from e
-
-
-def remote_names(repo: Any) -> list[str]:
-    return sorted(repo.remote_list() or [])
-
-
-def pull(
-    repo: Any,
-    remote: str,
-    refs: Sequence[str],
-    *,
-    commit_only: bool = False,
-    depth: int = 0,
-    on_progress: PullProgressCallback | None = None,
-    cancellable: Any = None,
-) -> PullStats:
-    """Pull `refs` (names or checksums) from `remote`, with libostree's verification."""
-    flags = OSTree.RepoPullFlags.COMMIT_ONLY if commit_only else OSTree.RepoPullFlags.NONE
-    options = GLib.Variant(
-        "a{sv}",
-        {
-            "refs": GLib.Variant("as", list(refs)),
-            "flags": GLib.Variant("i", int(flags)),
-            "depth": GLib.Variant("i", depth),
-        },
-    )
-    start = time.monotonic()
-    progress = OSTree.AsyncProgress.new()
-    last = {"bytes": 0, "fetched": 0, "parts": 0}
-
-    def changed(p: Any) -> None:
-        fetched, requested = p.get_uint("fetched"), p.get_uint("requested")
-        transferred = p.get_uint64("bytes-transferred")
-        last.update(bytes=transferred, fetched=fetched, parts=p.get_uint("fetched-delta-parts"))
-        if on_progress is not None:
-            elapsed = max(time.monotonic() - start, 1e-3)
-            on_progress(fetched, requested, transferred, transferred / elapsed)
-
-    progress.connect("changed", changed)
-    try:
-        repo.pull_with_options(remote, options, progress, cancellable)
-    except GLib.Error as e:
-        raise _fail(f"cannot pull {', '.join(refs)} from {remote}", e) from e
-    finally:
-        progress.finish()
-    changed(progress)
-    return PullStats(last["fetched"], last["bytes"], last["parts"], time.monotonic() - start)
-
-
-def commit_is_partial(repo: Any, checksum: str) -> bool:
-    try:
-        _, _, state = repo.load_commit(checksum)
-    except GLib.Error as e:
-        raise _fail(f"commit {checksum} is not in the repository", e) from e
-    return bool(state & OSTree.RepoCommitState.PARTIAL)
-
-
-def has_commit(repo: Any, checksum: str) -> bool:
-    try:
-        _, found = repo.has_object(OSTree.ObjectType.COMMIT, checksum, None)
-    except GLib.Error as e:
-        raise _fail(f"cannot look up {checksum}", e) from e
-    return bool(found)
-
-
-def read_file(repo: Any, checksum: str, path: str) -> bytes | None:
-    """The content of one file of a commit (None when absent), read without a checkout."""
-    try:
-        _, root, _ = repo.read_commit(checksum, None)
-        f = root.resolve_relative_path(path.lstrip("/"))
-        if not f.query_exists(None):
-            return None
-        f.ensure_resolved()
-        _, stream, _, _ = repo.load_file(f.get_checksum(), None)
-        chunks: list[bytes] = []
-        while stream is not None:
-            chunk = stream.read_bytes(1 << 20, None).get_data()
-            if not chunk:
-                break
-            chunks.append(bytes(chunk))
-    except GLib.Error as e:
-        raise _fail(f"cannot read {path} of {checksum}", e) from e
-    return b"".join(chunks)
-
-
-def checkout_subpath(repo: Any, checksum: str, subpath: str, dest: Path) -> None:
-    """Check out one folder of a commit into `dest` (made here; plain copies, user mode)."""
-    options = OSTree.RepoCheckoutAtOptions()
-    options.mode = OSTree.RepoCheckoutMode.USER
-    options.subpath = subpath
-    try:
-        repo.checkout_at(options, -100, str(dest), checksum, None)  # -100: AT_FDCWD
-    except GLib.Error as e:
-        raise _fail(f"cannot check out {subpath} of {checksum}", e) from e
-
-
-def gpg_sign_commit(repo: Any, checksum: str, key_id: str, homedir: Path | None) -> None:
-    """Attach a GPG signature (a detached-metadata entry) to a commit."""
-    try:
-        repo.sign_commit(checksum, key_id, str(homedir) if homedir else None, None)
-    except GLib.Error as e:
-        raise _fail(f"cannot GPG-sign {checksum} with key {key_id}", e) from e
-
-
-def ed25519_sign_commit(repo: Any, checksum: str, secret_key_file: Path) -> None:
-    """Sign a commit with the ed25519 secret key in `secret_key_file` (base64, as ostree's)."""
-    try:
-        secret = secret_key_file.read_text().split()[0]
-    except (OSError, IndexError) as e:
-        raise RepoError(f"cannot read ed25519 secret key {secret_key_file}") from e
-    try:
-        signer = OSTree.Sign.get_by_name("ed25519")
-        signer.set_sk(GLib.Variant("s", secret))
-        signer.commit(repo, checksum, None)
-    except GLib.Error as e:
-        raise _fail(f"cannot sign {checksum} with {secret_key_file}", e) from e
-
-
-# ---- static deltas and summary ----
-
-
-def _short(checksum: str | None) -> str:
-    return checksum[:6] if checksum else "scratch"
-
-
-def generate_static_delta(repo: Any, from_checksum: str | None, to_checksum: str) -> None:
-    """Write the static delta from `from_checksum` (None: "from scratch") to `to_checksum`.
-
-    MAJOR deltas are the ones meant for serving (ostree static-delta generate's default); the
-    defaults of the parameters (bsdiff on, objects over 4 MB left to a plain fetch) are kept.
-    """
-    params = GLib.Variant("a{sv}", {})
-    try:
-        repo.static_delta_generate(
-            OSTree.StaticDeltaGenerateOpt.MAJOR, from_checksum, to_checksum, None, params, None
-        )
-    except GLib.Error as e:
-        what = f"{_short(from_checksum)} -> {_short(to_checksum)}"
-        raise _fail(f"cannot generate the static delta {what}", e) from e
-
-
-def _delta_dir(from_checksum: str | None, to_checksum: str) -> str:
-    """The folder of a delta under `deltas/`, named as libostree names it (ostree-repo-static-
-    delta-core.c): modified base64 of the checksums, split after two characters."""
-    to_b64 = OSTree.checksum_b64_from_bytes(OSTree.checksum_to_bytes(to_checksum))
-    if from_checksum is None:
-        return f"{to_b64[:2]}/{to_b64[2:]}"
-    from_b64 = OSTree.checksum_b64_from_bytes(OSTree.checksum_to_bytes(from_checksum))
-    return f"{from_b64[:2]}/{from_b64[2:]}-{to_b64}"
-
-
-def static_delta_size(repo: Any, from_checksum: str | None, to_checksum: str) -> int:
-    """Bytes a client downloads for this delta (its superblock and parts); 0 when absent."""
-    folder = Path(repo.get_path().get_path()) / "deltas" / _delta_dir(from_checksum, to_checksum)
-    if not folder.is_dir():
-        return 0
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-
-
-def regenerate_summary(repo: Any) -> None:
-    """Rewrite the repository's `summary` (refs, and the index of static deltas) for clients of
-    a plain HTTP server. libostree drops the old `summary.sig`: sign again afterwards."""
-    try:
-        repo.regenerate_summary(None, None)
-    except GLib.Error as e:
-        raise _fail("cannot regenerate the summary", e) from e
-
-
-def gpg_sign_summary(repo: Any, key_id: str, homedir: Path | None) -> None:
-    """Add a GPG signature of the current summary to `summary.sig`."""
-    try:
-        repo.add_gpg_signature_summary([key_id], str(homedir) if homedir else None, None)
-    except GLib.Error as e:
-        raise _fail(f"cannot GPG-sign the summary with key {key_id}", e) from e
-
-
-def ed25519_sign_summary(repo: Any, secret_key_file: Path) -> None:
-    """Add an ed25519 signature of the current summary to `summary.sig`."""
-    try:
-        secret = secret_key_file.read_text().split()[0]
-    except (OSError, IndexError) as e:
-        raise RepoError(f"cannot read ed25519 secret key {secret_key_file}") from e
-    try:
-        signer = OSTree.Sign.get_by_name("ed25519")
-        # ostree_sign_summary takes the secret keys as an "av" of engine-specific keys
-        keys_variant = GLib.Variant("av", [GLib.Variant("s", secret)])
-        signer.summary(repo, keys_variant, None)
-    except GLib.Error as e:
-        raise _fail(f"cannot sign the summary with {secret_key_file}", e) from e
-
-
-def set_ref(repo: Any, ref: str, checksum: str | None) -> None:
-    """Point `ref` at `checksum` at once, outside a transaction (None deletes the ref)."""
-    try:
-        repo.set_ref_immediate(None, ref, checksum, None)
-    except GLib.Error as e:
-        raise _fail(f"cannot set {ref} to {checksum or '(none)'}", e) from e
-
-
-# ---- disk images ----
-
-
-def pull_local(repo: Any, source: Path, ref: str, *, remote: str | None) -> str:
-    """Copy `ref` of the repository at `source` into `repo`; return its checksum.
-
-    With `remote`, the ref is written as `remote:ref` (libostree's `override-remote-name`, as
-    `ostree pull-local --remote`), so a sysroot made from a local build upgrades from that remote.
-    """
-    options: dict[str, GLib.Variant] = {
-        "refs": GLib.Variant("as", [ref]),
-        "flags": GLib.Variant("i", int(OSTree.RepoPullFlags.NONE)),
-    }
-    if remote is not None:
-        options["override-remote-name"] = GLib.Variant("s", remote)
-    try:
-        repo.pull_with_options(
-            f"file://{source.absolute()}", GLib.Variant("a{sv}", options), None, None
-        )
-    except GLib.Error as e:
-        raise _fail(f"cannot copy {ref} from {source}", e) from e
-    checksum = resolve_ref(repo, f"{remote}:{ref}" if remote else ref)
-    if checksum is None:
-        raise RepoError(f"{ref} was not copied from {source}")
-    return checksum
-
-
-# ---- layering: checkout and commit on a base ----
-
-AT_FDCWD = -100
-
-
-def checkout_hardlinked(repo: Any, checksum: str, dest: Path) -> None:
-    """Check out `checksum` at `dest` (which must not exist) sharing the repository's objects.
-
-    A bare repository's objects are hard-linked as they are (mode NONE keeps owners and
-    xattrs); a bare-user one's in USER mode. Either way no file is copied
-    (`no_copy_fallback`: a repository on another filesystem is an error, not a silent copy),
-    so the files of `dest` ARE the repository's objects: never write into them. An archive
-    repository has no files to link and is checked out by copying.
-    """
-    mode = repo.get_mode()
-    options = OSTree.RepoCheckoutAtOptions()
-    bare = mode == OSTree.RepoMode.BARE
-    options.mode = OSTree.RepoCheckoutMode.NONE if bare else OSTree.RepoCheckoutMode.USER
-    options.no_copy_fallback = mode != OSTree.RepoMode.ARCHIVE
-    try:
-        repo.checkout_at(options, AT_FDCWD, str(dest), checksum, None)
-    except GLib.Error as e:
-        raise _fail(f"cannot check out {checksum} at {dest}", e) from e
-
-
-def _mtree_parent(mtree: Any, rel: str) -> tuple[Any, str]:
-    # lookup(), not walk(): PyGObject hands walk() a path array it misreads (walk(["usr",
-    # "share"]) gives /usr), and lookup() loads a lazily read folder before it is changed.
-    *parents, name = rel.split("/")
-    for part in parents:
-        _, _, mtree = mtree.lookup(part)
-    return mtree, name
-
-
-def commit_on_base(
-    repo: Any,
-    base: str,
-    upper: Path,
-    *,
-    remove: Sequence[str],
-    subject: str,
-    metadata: Mapping[str, Any],
-    timestamp: int,
-    parent: str | None = None,
-) -> str:
-    """Commit the tree of `base` less the paths `remove` (relative, no leading /), with the
-    folder `upper` written on top; no ref moves. Return the new checksum.
-
-    The base's tree is never read from disk: its root is loaded into a MutableTree by
-    checksum, so the cost is that of `upper` and `remove`, whatever the size of the base.
-    """
-    modifier = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.NONE, None, None)
-    with transaction(repo):
-        try:
-            mtree = OSTree.MutableTree.new_from_commit(repo, base)
-            for rel in remove:
-                subdir, name = _mtree_parent(mtree, rel)
-                subdir.remove(name, True)
-            repo.write_directory_to_mtree(Gio.File.new_for_path(str(upper)), mtree, modifier, None)
-            _, root = repo.write_mtree(mtree, None)
-            _, checksum = repo.write_commit_with_time(
-                parent, subject, None, metadata_variant(metadata), root, timestamp, None
-            )
-        except GLib.Error as e:
-            raise _fail(f"cannot commit the layer on {base}", e) from e
-    return str(checksum)
-
-
-# ---- live changes of a booted system: usroverlay, apply-live (apt_ostree/live.py) ----
-
-UNLOCK_STATES = {
-    "development": OSTree.DeploymentUnlockedState.DEVELOPMENT,
-    "hotfix": OSTree.DeploymentUnlockedState.HOTFIX,
-    "transient": OSTree.DeploymentUnlockedState.TRANSIENT,
-}
-
-
-def deployment_unlock(sysroot: Sysroot, deployment: Deployment, state: str) -> None:
-    """libostree's unlock: an overlayfs on /usr of the booted deployment, mounted in the
-    calling process's mount namespace (libostree 2022.7 mounts from a forked child, no setns).
-
-    development: writable, its upper layer in /var/tmp, gone at reboot; transient: the same
-    but mounted read-only (only a private remount writes); hotfix: persistent, and libostree
-    first clones the deployment as a rollback target."""
-    gi_deployment = sysroot._find(deployment)
-    try:
-        sysroot._sysroot.deployment_unlock(gi_deployment, UNLOCK_STATES[state], None)
-    except GLib.Error as e:
-        raise _fail(f"cannot unlock {deployment.id}", e) from e
-    finally:
-        sysroot.load()
-
-
-@dataclass(frozen=True)
-class TreeDiff:
-    """Paths (relative, no leading /) that differ between two commits; a folder that is new
-    is listed with everything in it, parents first."""
-
-    added: tuple[str, ...]
-    modified: tuple[str, ...]
-    removed: tuple[str, ...]
-
-
-def _children(folder: Any) -> dict[str, tuple[Any, Any]]:
-    """name -> (GFile, Gio.FileType) of a folder of a commit."""
-    out: dict[str, tuple[Any, Any]] = {}
-    infos = folder.enumerate_children(
-        "standard::name,standard::type", Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None
-    )
-    while (info := infos.next_file(None)) is not None:
-        out[info.get_name()] = (folder.get_child(info.get_name()), info.get_file_type())
-    return out
-
-
-def _same(a: Any, b: Any, kind: Any) -> bool:
-    a.ensure_resolved()
-    b.ensure_resolved()
-    if kind == Gio.FileType.DIRECTORY:
-        return bool(
-            a.tree_get_contents_checksum() == b.tree_get_contents_checksum()
-            and a.tree_get_metadata_checksum() == b.tree_get_metadata_checksum()
-        )
-    return bool(a.get_checksum() == b.get_checksum())  # content and metadata, as ostree's
-
-
-def _all_below(folder: Any, rel: str, out: list[str]) -> None:
-    for name, (child, kind) in sorted(_children(folder).items()):
-        out.append(f"{rel}/{name}")
-        if kind == Gio.FileType.DIRECTORY:
-            _all_below(child, f"{rel}/{name}", out)
-
-
-def _diff_folders(a: Any, b: Any, rel: str, diff: tuple[list[str], list[str], list[str]]) -> None:
-    added, modified, removed = diff
-    old, new = _children(a), _children(b)
-    for name in sorted(old.keys() | new.keys()):
-        path = f"{rel}/{name}" if rel else name
-        if name not in new:
-            removed.append(path)
-            continue
-        child, kind = new[name]
-        if name not in old:
-            added.append(path)
-            if kind == Gio.FileType.DIRECTORY:
-                _all_below(child, path, added)
-            continue
-        old_child, old_kind = old[name]
-        if old_kind != kind:
-            modified.append(path)
-            if kind == Gio.FileType.DIRECTORY:
-                _all_below(child, path, modified)
-        elif not _same(old_child, child, kind):
-            if kind == Gio.FileType.DIRECTORY:
-                old_child.ensure_resolved()
-                child.ensure_resolved()
-                if old_child.tree_get_metadata_checksum() != child.tree_get_metadata_checksum():
-                    modified.append(path)
-                _diff_folders(old_child, child, path, diff)
-            else:
-                modified.append(path)
-
-
-def diff_commits(repo: Any, old: str, new: str, subpath: str = "usr") -> TreeDiff:
-    """What changes from commit `old` to `new` below `subpath`, read from the repository
-    (folders whose content checksums agree are not entered, as `ostree diff`)."""
-    diff: tuple[list[str], list[str], list[str]] = ([], [], [])
-    try:
-        _, a, _ = repo.read_commit(old, None)
-        _, b, _ = repo.read_commit(new, None)
-        _diff_folders(a.get_child(subpath), b.get_child(subpath), subpath, diff)
-    except GLib.Error as e:
-        raise _fail(f"cannot compare {old[:12]} with {new[:12]}", e) from e
-    return TreeDiff(*(tuple(d) for d in diff))

@@ -40,7 +40,7 @@ def compose(repo: Path) -> str:
         [*APT_OSTREE, "compose", "tree", str(ROOT / "examples/minimal.yaml"), "--repo",
          str(repo), "--cachedir", str(CACHE / "compose")],
     )  # fmt: skip
-    checksum = ostree.resolve_ref(ostree.open_repo(repo), REF)
+    checksum = ostree.Repo.open(repo).resolve_ref(REF)
     assert checksum is not None
     return checksum
 
@@ -110,7 +110,7 @@ def _configure(rootfs: Path, boot: Path, kver: str) -> None:
 
 
 def plain_image(work: Path, repo: Path, checksum: str, output: Path) -> float:
-    meta = ostree.read_commit(ostree.open_repo(repo), checksum).metadata
+    meta = ostree.Repo.open(repo).read_commit(checksum).metadata
     packages: list[tuple[str, str, str]] = [
         (str(n), str(v), str(a)) for n, v, a in meta[keys.PACKAGES]
     ]

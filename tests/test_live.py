@@ -57,7 +57,7 @@ def _commit(repo: Path, branch: str, tree: Path) -> str:
         check=True,
         capture_output=True,
     )
-    return ostree.resolve_ref(ostree.open_repo(repo), branch) or ""
+    return ostree.Repo.open(repo).resolve_ref(branch) or ""
 
 
 @pytest.fixture
@@ -84,9 +84,7 @@ def trees(tmp_path: Path) -> tuple[Path, Path, ostree.TreeDiff]:
     (new / "usr/lib/sysimage/dpkg/status").write_text("Package: a\n\nPackage: b\n")
     repo = tmp_path / "repo"
     run(["ostree", f"--repo={repo}", "init", "--mode=bare-user"])
-    diff = ostree.diff_commits(
-        ostree.open_repo(repo), _commit(repo, "old", old), _commit(repo, "new", new)
-    )
+    diff = ostree.Repo.open(repo).diff_commits(_commit(repo, "old", old), _commit(repo, "new", new))
     return old, new, diff
 
 

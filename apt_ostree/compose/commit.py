@@ -57,8 +57,8 @@ def _copy_in(rootfs: Path, dest: Path) -> None:
 
 
 def commit_rootfs(options: CommitRootfsOptions, progress: Progress) -> CommitRootfsResult:
-    repo = ostree.open_repo(options.repo)  # must exist: nothing is made on a typo
-    parent = ostree.resolve_ref(repo, options.branch)
+    repo = ostree.Repo.open(options.repo)  # must exist: nothing is made on a typo
+    parent = repo.resolve_ref(options.branch)
     with workdir(options.cachedir) as work:
         tree = work / "rootfs"
         tree.mkdir()
@@ -75,8 +75,7 @@ def commit_rootfs(options: CommitRootfsOptions, progress: Progress) -> CommitRoo
             metadata[keys.VERSION] = options.version
         size = tree_size(tree)
         with progress.step("Committing"):
-            checksum = ostree.commit_tree(
-                repo,
+            checksum = repo.write_commit(
                 tree,
                 ref=options.branch,
                 parent=parent,

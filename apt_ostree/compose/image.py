@@ -208,7 +208,7 @@ def _check(opts: ImageOptions) -> None:
         raise UsageError(f"{opts.output.parent} is not a folder")
     if not (opts.repo / "config").is_file():
         raise UsageError(f"{opts.repo} is not an OSTree repository")
-    if ostree.resolve_ref(ostree.open_repo(opts.repo), opts.ref) is None:
+    if ostree.Repo.open(opts.repo).resolve_ref(opts.ref) is None:
         raise UsageError(f"{opts.ref}: no such ref in {opts.repo}")
     if opts.bootloader is Bootloader.GRUB and (why := grub.check_available()) is not None:
         raise UsageError(why)
@@ -242,7 +242,7 @@ def _build(
                 raise
             raw = partial
     raw.rename(opts.output)
-    info = ostree.read_commit(ostree.open_repo(opts.repo), checksum)
+    info = ostree.Repo.open(opts.repo).read_commit(checksum)
     used = os.stat(opts.output).st_blocks * 512
     return ImageResult(opts.output, checksum, info.version, used, kargs)
 
@@ -282,21 +282,18 @@ def _deploy(opts: ImageOptions, path: Path, kargs: Sequence[str], progress: Prog
         sysroot = ostree.Sysroot.initialize(path, opts.osname)
         if opts.bootloader is Bootloader.GRUB:
             # libostree then rewrites /boot/loader/syslinux.cfg at every deployment write
-            ostree.set_config(sysroot.repo, "sysroot", "bootloader", "syslinux")
+            sysroot.repo.set_config("sysroot", "bootloader", "syslinux")
             grub.seed_boot(path / "boot")
         remote = opts.remote
         if remote is not None:
-            ostree.add_remote(
-                sysroot.repo,
+            sysroot.repo.add_remote(
                 remote.name,
                 remote.url,
                 gpg_verify=remote.gpg_keyring is not None,
                 gpg_keyring=remote.gpg_keyring,
             )
         repo = sysroot.repo
-        checksum = ostree.pull_local(
-            repo, opts.repo, opts.ref, remote=remote.name if remote else None
-        )
+        checksum = repo.pull_local(opts.repo, opts.ref, remote=remote.name if remote else None)
         origin = Origin(Refspec(remote.name if remote else None, opts.ref)).to_text()
         with sysroot.locked():
             sysroot.deploy(opts.osname, checksum, origin, merge=None, kargs=kargs, stage=False)

@@ -120,9 +120,9 @@ def _previous_commit(repo_path: Path, ref: str) -> ostree.CommitInfo | None:
         if repo_path.exists() and any(repo_path.iterdir()):
             raise RepoError(f"{repo_path} is not an OSTree repository (and not empty)")
         return None
-    repo = ostree.open_repo(repo_path)
-    checksum = ostree.resolve_ref(repo, ref)
-    return ostree.read_commit(repo, checksum) if checksum else None
+    repo = ostree.Repo.open(repo_path)
+    checksum = repo.resolve_ref(ref)
+    return repo.read_commit(checksum) if checksum else None
 
 
 WORKDIR_LOCK = ".apt-ostree-lock"  # held (flock) by the compose that works in the folder
@@ -264,12 +264,12 @@ def postprocess_options(treefile: Treefile) -> PostprocessOptions:
     )
 
 
-def sign_commit(repo: Any, checksum: str, options: ComposeOptions) -> None:
+def sign_commit(repo: ostree.Repo, checksum: str, options: ComposeOptions) -> None:
     """Sign a new commit as asked; signatures are detached metadata, so the checksum stays."""
     if options.gpg_sign:
-        ostree.gpg_sign_commit(repo, checksum, options.gpg_sign, options.gpg_homedir)
+        repo.gpg_sign_commit(checksum, options.gpg_sign, options.gpg_homedir)
     if options.ed25519_key:
-        ostree.ed25519_sign_commit(repo, checksum, options.ed25519_key)
+        repo.ed25519_sign_commit(checksum, options.ed25519_key)
 
 
 def summary_signing(options: ComposeOptions) -> SummarySigning:
@@ -282,7 +282,7 @@ def publish(
     """Make a new commit servable by a plain HTTP server: its static delta from the parent when
     asked, and always a fresh summary (clients of a static server learn refs from it)."""
     assert result.checksum is not None
-    repo = ostree.open_repo(options.repo)
+    repo = ostree.Repo.open(options.repo)
     delta = None
     if options.static_delta and parent is not None:
         delta = write_static_delta(repo, parent, result.checksum, progress)
@@ -291,24 +291,26 @@ def publish(
 
 
 def write_static_delta(
-    repo: Any, from_checksum: str | None, to_checksum: str, progress: Progress
+    repo: ostree.Repo, from_checksum: str | None, to_checksum: str, progress: Progress
 ) -> DeltaResult:
     source = from_checksum[:6] if from_checksum else "scratch"
     with progress.step(f"Generating static delta {source} -> {to_checksum[:6]}"):
-        ostree.generate_static_delta(repo, from_checksum, to_checksum)
-    size = ostree.static_delta_size(repo, from_checksum, to_checksum)
+        repo.generate_static_delta(from_checksum, to_checksum)
+    size = repo.static_delta_size(from_checksum, to_checksum)
     return DeltaResult(from_checksum, to_checksum, size)
 
 
-def update_summary(repo: Any, path: Path, signing: SummarySigning, progress: Progress) -> None:
+def update_summary(
+    repo: ostree.Repo, path: Path, signing: SummarySigning, progress: Progress
+) -> None:
     """Regenerate the summary (refs and the delta index) and sign it as the commits are."""
     was_signed = (path / "summary.sig").exists()
     with progress.step("Updating the summary"):
-        ostree.regenerate_summary(repo)
+        repo.regenerate_summary()
         if signing.gpg_sign:
-            ostree.gpg_sign_summary(repo, signing.gpg_sign, signing.gpg_homedir)
+            repo.gpg_sign_summary(signing.gpg_sign, signing.gpg_homedir)
         if signing.ed25519_key:
-            ostree.ed25519_sign_summary(repo, signing.ed25519_key)
+            repo.ed25519_sign_summary(signing.ed25519_key)
     if was_signed and not (signing.gpg_sign or signing.ed25519_key):
         # libostree drops summary.sig with the old summary; remotes that verify it fail now
         progress.message("warning: the previous summary was signed, the new one is not")
@@ -325,17 +327,17 @@ def static_delta_for_ref(
 ) -> DeltaResult:
     """`compose static-delta`: the delta to the commit of `ref` from `from_checksum` (default:
     that commit's parent), then the summary again so that clients find it."""
-    repo = ostree.open_repo(repo_path)
-    to_checksum = ostree.resolve_ref(repo, ref)
+    repo = ostree.Repo.open(repo_path)
+    to_checksum = repo.resolve_ref(ref)
     if to_checksum is None:
         raise RepoError(f"{ref}: no such ref in {repo_path}")
     if from_checksum is not None:
-        source = ostree.resolve_ref(repo, from_checksum)
+        source = repo.resolve_ref(from_checksum)
         if source is None:
             raise RepoError(f"--from {from_checksum}: no such ref or commit in {repo_path}")
         from_checksum = source
     elif not from_scratch:
-        from_checksum = ostree.read_commit(repo, to_checksum).parent
+        from_checksum = repo.read_commit(to_checksum).parent
         if from_checksum is None:
             raise RepoError(
                 f"{ref} ({to_checksum[:6]}) has no parent commit: pass --from or --empty"
@@ -369,10 +371,9 @@ def _commit(
     if version:
         metadata[keys.VERSION] = version
     size = tree_size(rootfs)
-    repo = ostree.open_repo(options.repo, create=True)
+    repo = ostree.Repo.open(options.repo, create=True)
     timestamp = options.source_date_epoch or int(time.time())
-    checksum = ostree.commit_tree(
-        repo,
+    checksum = repo.write_commit(
         rootfs,
         ref=treefile.ref,
         parent=previous.checksum if previous else None,
@@ -384,6 +385,6 @@ def _commit(
         sign_commit(repo, checksum, options)
     except AptOstreeError:
         # the ref moved with the commit: put it back, a failed compose changes no ref
-        ostree.set_ref(repo, treefile.ref, previous.checksum if previous else None)
+        repo.set_ref(treefile.ref, previous.checksum if previous else None)
         raise
     return ComposeResult(treefile.ref, True, checksum, version, tuple(packages), inputhash, size)

@@ -114,7 +114,7 @@ DEFAULT_OPTIONS = AssembleOptions()
 
 
 def assemble(
-    repo: Any,
+    repo: ostree.Repo,
     base: str,
     plan: LayerPlan,
     *,
@@ -142,7 +142,7 @@ def assemble(
 
 
 def _assemble(
-    repo: Any,
+    repo: ostree.Repo,
     base: str,
     plan: LayerPlan,
     layer: _Layer,
@@ -153,7 +153,7 @@ def _assemble(
     layer.make_dirs()
     if not layer.lower.is_dir():
         with progress.step("Checking out base"):
-            ostree.checkout_hardlinked(repo, base, layer.lower)
+            repo.checkout_hardlinked(base, layer.lower)
     _var_skeleton(layer.lower, layer.var_lower)
     _copy_dir_meta(layer.lower, layer.upper)
     with layer.mounted():
@@ -165,13 +165,12 @@ def _assemble(
     _strip(layer.upper)
     _translate(layer)
     with progress.step("Writing the layered commit"):
-        info = ostree.read_commit(repo, base)
+        info = repo.read_commit(base)
         full = {keys.PACKAGES: _packages(layer)}
         full.update(metadata)
-        checksum = ostree.commit_on_base(
-            repo,
-            base,
+        checksum = repo.write_commit(
             layer.upper,
+            base=base,
             remove=removals,
             subject=_subject(plan),
             metadata=full,

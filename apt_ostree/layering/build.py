@@ -59,7 +59,7 @@ def base_tree(sysroot: ostree.Sysroot, osname: str, base: str, *, progress: Prog
     partial = trees / f"{base}.partial"
     trees.mkdir(parents=True, exist_ok=True)
     with progress.step("Checking out base"):
-        ostree.checkout_hardlinked(sysroot.repo, base, partial)
+        sysroot.repo.checkout_hardlinked(base, partial)
         partial.rename(tree)
     return tree
 
@@ -84,7 +84,7 @@ def request_of(origin: Origin, local: Path, *, recommends: bool) -> LayerRequest
 
 
 @contextmanager
-def resolution_root(repo: Any, base: str, deployment: Path | None) -> Iterator[Path]:
+def resolution_root(repo: ostree.Repo, base: str, deployment: Path | None) -> Iterator[Path]:
     """A small tree for the resolver: the machine's /etc (its apt sources and keys) and
     keyrings (`Signed-By: /usr/share/keyrings/...`) from the deployment it starts from, and
     the base's dpkg status and architecture, read from the repository with no checkout."""
@@ -92,7 +92,7 @@ def resolution_root(repo: Any, base: str, deployment: Path | None) -> Iterator[P
         root = Path(tmp)
         (root / STATUS).parent.mkdir(parents=True)
         for rel in (STATUS, ARCH):
-            data = ostree.read_file(repo, base, "/" + rel)
+            data = repo.read_file(base, "/" + rel)
             if data is not None:
                 (root / rel).write_bytes(data)
         if deployment is not None and (deployment / "etc").is_dir():
@@ -104,7 +104,7 @@ def resolution_root(repo: Any, base: str, deployment: Path | None) -> Iterator[P
         else:
             apt = root / "usr/etc/apt"
             apt.parent.mkdir(parents=True, exist_ok=True)
-            ostree.checkout_subpath(repo, base, "/usr/etc/apt", apt)
+            repo.checkout_subpath(base, "/usr/etc/apt", apt)
         yield root
 
 
@@ -186,7 +186,7 @@ def _layer(
             plan,
             lower=base_tree(sysroot, osname, base, progress=progress),
             workdir=workdir,
-            metadata=layer_metadata(base, ostree.read_commit(repo, base).version, origin),
+            metadata=layer_metadata(base, repo.read_commit(base).version, origin),
             progress=progress,
         )
     finally:
@@ -233,7 +233,7 @@ def regenerate_initramfs(
     )
     try:
         tree, out = workdir / "tree", workdir / "out"
-        ostree.checkout_hardlinked(repo, commit, tree)
+        repo.checkout_hardlinked(commit, tree)
         kernel = find_kernel(tree)
         if kernel is None:
             raise LayeringError("the deployment has no kernel in /usr/lib/modules to build for")
@@ -259,13 +259,11 @@ def regenerate_initramfs(
             except CommandError as e:
                 raise LayeringError(f"dracut failed: {e}") from e
         (target / "initramfs.img").chmod(0o644)
-        info = ostree.read_commit(repo, commit)
+        info = repo.read_commit(commit)
         with progress.step("Writing the commit"):
-            return ostree.commit_on_base(
-                repo,
-                commit,
+            return repo.write_commit(
                 out,
-                remove=(),
+                base=commit,
                 subject="apt-ostree: regenerated initramfs",
                 metadata={
                     **info.metadata,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from apt_ostree.errors import RepoError
-from apt_ostree.ostree import ed25519_sign_commit, open_repo
+from apt_ostree.ostree import Repo
 from apt_ostree.pkgdiff import diff_packages
 from tests.support.httpd import Server
 from tests.support.images import (
@@ -73,7 +73,7 @@ def test_commits_are_ed25519_signed(images: Images, tmp_path: Path) -> None:
     before = ostree(repo, "show", checksum)
     key = make_ed25519_key(tmp_path)
     with pytest.raises(RepoError, match=rf"^cannot sign {checksum} with .*: .*not implemented"):
-        ed25519_sign_commit(open_repo(repo), checksum, key.secret_file)
+        Repo.open(repo).ed25519_sign_commit(checksum, key.secret_file)
     assert ostree(repo, "show", checksum) == before
     assert "no errors found" in ostree(repo, "fsck")
 

@@ -59,7 +59,7 @@ def bare_base(
 class Repo:
     path: Path
     base: str
-    repo: Any
+    repo: ostree.Repo
     debs: Path
 
     def ostree(self, *args: str) -> str:
@@ -118,7 +118,7 @@ class Repo:
 def repo(bare_base: tuple[Path, str], tmp_path: Path) -> Iterator[Repo]:
     """A copy of the bare base repository for one test (hard links: cheap)."""
     path = copy_repo(bare_base[0], tmp_path / "repo")
-    yield Repo(path, bare_base[1], ostree.open_repo(path), tmp_path / "debs")
+    yield Repo(path, bare_base[1], ostree.Repo.open(path), tmp_path / "debs")
     mounts = run(["findmnt", "-rn", "-o", "TARGET"]).stdout.split()
     assert not [m for m in mounts if m.startswith(str(tmp_path))], "left mounted"
 
@@ -179,9 +179,9 @@ def test_layers_a_package_and_its_dependency(repo: Repo) -> None:
     assert status["app-aot"] == status["libapp-aot"] == "install ok installed"
     assert status["hello-aot"] == "install ok installed"
 
-    info = ostree.read_commit(repo.repo, checksum)
+    info = repo.repo.read_commit(checksum)
     assert info.parent is None
-    assert info.timestamp == ostree.read_commit(repo.repo, repo.base).timestamp
+    assert info.timestamp == repo.repo.read_commit(repo.base).timestamp
     assert info.metadata[keys.CLIENTLAYER] is True
     assert info.metadata[keys.BASE_CHECKSUM] == repo.base
     assert info.metadata[keys.REQUESTED_PACKAGES] == ["app-aot"]
@@ -280,7 +280,7 @@ echo "$$" > /var/tmp/throwaway
 @pytest.mark.network
 def test_postinst_creates_a_system_user(repo: Repo) -> None:
     """adduser is not in the Essential set: Debian's adduser and passwd are layered too."""
-    base = {name for name, _, _ in ostree.read_commit(repo.repo, repo.base).metadata[keys.PACKAGES]}
+    base = {name for name, _, _ in repo.repo.read_commit(repo.base).metadata[keys.PACKAGES]}
     closure = fetch_debian_debs(["adduser"])
     extra = [
         PlannedDeb(name, version, arch, path)

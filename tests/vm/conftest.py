@@ -164,8 +164,8 @@ def apt_ostree_repo(gpg_test_key: GpgKey) -> ComposedRepo:
         # composed after the first (a newer timestamp: an upgrade, not a downgrade); a no-change
         # compose when the first did not change either
         compose(APT_OSTREE_REPO, next_treefile(APT_OSTREE_DEBS, treefile))
-        repo = ostree.open_repo(APT_OSTREE_REPO)
-        first, second = ostree.resolve_ref(repo, APT_OSTREE_REF), ostree.resolve_ref(repo, NEXT_REF)
+        repo = ostree.Repo.open(APT_OSTREE_REPO)
+        first, second = repo.resolve_ref(APT_OSTREE_REF), repo.resolve_ref(NEXT_REF)
     assert first and second
     return ComposedRepo(APT_OSTREE_REPO, APT_OSTREE_REF, treefile, deb, first, second)
 
@@ -173,7 +173,7 @@ def apt_ostree_repo(gpg_test_key: GpgKey) -> ComposedRepo:
 def serve_next(repo: Path) -> None:
     """In `repo` (a `cp -al` copy of APT_OSTREE_REPO), move APT_OSTREE_REF to NEXT_REF's commit
     and regenerate the summary: what a compose of the next version would have left there."""
-    checksum = ostree.resolve_ref(ostree.open_repo(repo), NEXT_REF)
+    checksum = ostree.Repo.open(repo).resolve_ref(NEXT_REF)
     # `refs --delete` unlinks the ref file (it is shared with the cache), `--create` writes anew
     subprocess.run(["ostree", f"--repo={repo}", "refs", "--delete", APT_OSTREE_REF], check=True)
     subprocess.run(

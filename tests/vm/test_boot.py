@@ -100,7 +100,7 @@ def test_status_upgrade_install_rollback_kargs(
     repo = tmp_path / "repo"
     subprocess.run(["cp", "-al", str(composed.path), str(repo)], check=True)
     first, second = composed.checksum, composed.next_checksum
-    versions = {c: ostree.read_commit(ostree.open_repo(repo), c).version for c in (first, second)}
+    versions = {c: ostree.Repo.open(repo).read_commit(c).version for c in (first, second)}
     apt = AptRepo(tmp_path / "apt", key=gpg_test_key)
     apt.add(HELLO)
     apt.publish()

@@ -134,9 +134,9 @@ def test_syslinux_cfg_follows_deploys_and_a_rollback(minimal_repo: Path, tmp_pat
     path = tmp_path / "sysroot"
     try:
         sysroot = ostree.Sysroot.initialize(path, "debian")
-        ostree.set_config(sysroot.repo, "sysroot", "bootloader", "syslinux")
+        sysroot.repo.set_config("sysroot", "bootloader", "syslinux")
         grub.seed_boot(path / "boot")
-        checksum = ostree.pull_local(sysroot.repo, minimal_repo, REF, remote=None)
+        checksum = sysroot.repo.pull_local(minimal_repo, REF, remote=None)
         origin = f"[origin]\nrefspec={REF}\n"
         with sysroot.locked():
             sysroot.deploy("debian", checksum, origin, merge=None, kargs=["k=a"], stage=False)

@@ -286,7 +286,7 @@ def publish(
     delta = None
     if options.static_delta and parent is not None:
         delta = write_static_delta(repo, parent, result.checksum, progress)
-    update_summary(repo, options.repo, summary_signing(options), progress)
+    update_summary(repo, summary_signing(options), progress)
     return replace(result, delta=delta)
 
 
@@ -300,11 +300,9 @@ def write_static_delta(
     return DeltaResult(from_checksum, to_checksum, size)
 
 
-def update_summary(
-    repo: ostree.Repo, path: Path, signing: SummarySigning, progress: Progress
-) -> None:
+def update_summary(repo: ostree.Repo, signing: SummarySigning, progress: Progress) -> None:
     """Regenerate the summary (refs and the delta index) and sign it as the commits are."""
-    was_signed = (path / "summary.sig").exists()
+    was_signed = (repo.path / "summary.sig").exists()
     with progress.step("Updating the summary"):
         repo.regenerate_summary()
         if signing.gpg_sign:
@@ -343,7 +341,7 @@ def static_delta_for_ref(
                 f"{ref} ({to_checksum[:6]}) has no parent commit: pass --from or --empty"
             )
     delta = write_static_delta(repo, from_checksum, to_checksum, progress)
-    update_summary(repo, repo_path, signing or SummarySigning(), progress)
+    update_summary(repo, signing or SummarySigning(), progress)
     return delta
 
 

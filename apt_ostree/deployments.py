@@ -4,8 +4,8 @@ kargs, db. Bus-free and typed: the CLI's `--sysroot` mode and the daemon both ca
 Everything that touches deployments goes through libostree (`apt_ostree.ostree.Sysroot`):
 deployments are written by `deploy_tree` + `simple_write_deployment` in a folder sysroot and
 staged by `stage_tree` on a booted system, /etc is merged by libostree, and a rollback is a
-reorder of the deployment list (libostree 2022.7 has no rollback call; see
-shared/notes/booting.md). Every mutation holds libostree's sysroot lock.
+reorder of the deployment list (libostree 2022.7 has no rollback call). Every mutation holds
+libostree's sysroot lock.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`apt-ostree compose image`: a bootable GPT disk image from a composed commit.
 
-The layout follows ../shared/notes/booting.md (what boots on Debian 12's libostree 2022.7):
+The layout is one that boots with Debian 12's libostree 2022.7:
 
 | # | partition | type | content |
 | - | --- | --- | --- |

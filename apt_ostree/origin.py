@@ -11,7 +11,7 @@ import configparser
 import re
 from dataclasses import dataclass, field, replace
 
-from apt_ostree.errors import UsageError
+from apt_ostree.errors import StateError, UsageError
 
 CHECKSUM_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -73,9 +73,9 @@ class Origin:
         try:
             parser.read_string(text)
         except configparser.Error as e:
-            raise UsageError(f"malformed origin: {e}") from e
+            raise StateError(f"malformed origin: {e}") from e
         if not parser.has_option("origin", "refspec"):
-            raise UsageError(
+            raise StateError(
                 "the origin has no [origin] refspec (container origins are not supported)"
             )
         # `unlocked` (usroverlay --hotfix) is the state of one deployment, which libostree
@@ -93,8 +93,12 @@ class Origin:
             for key, value in parser.items(group)
             if (group, key) not in known
         )
+        try:
+            refspec = Refspec.parse(parser.get("origin", "refspec"))
+        except UsageError as e:
+            raise StateError(f"malformed origin: {e}") from e
         return Origin(
-            refspec=Refspec.parse(parser.get("origin", "refspec")),
+            refspec=refspec,
             override_commit=parser.get("origin", "override-commit", fallback=None) or None,
             regenerate_initramfs=parser.getboolean(
                 "aptostree", "regenerate-initramfs", fallback=False

@@ -8,6 +8,7 @@ sysroot objects stay inside `Repo` and `Sysroot`, so no other module imports gi 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
 from apt_ostree import keys  # noqa: E402
 from apt_ostree.errors import RepoError  # noqa: E402
+from apt_ostree.run import run  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -586,7 +588,7 @@ class Deployment:
         return f"{self.osname}-{self.checksum}.{self.serial}"
 
 
-# live changes of a booted system (usroverlay, apply-live: apt_ostree/live.py)
+# live changes of a booted system (usroverlay, apply-live: apt_ostree/system/live.py)
 _UNLOCKED = {
     "development": OSTree.DeploymentUnlockedState.DEVELOPMENT,
     "hotfix": OSTree.DeploymentUnlockedState.HOTFIX,
@@ -764,3 +766,12 @@ class Sysroot:
             self._sysroot.cleanup(None)
         except GLib.Error as e:
             raise _fail(f"cannot clean up {self.path}", e) from e
+
+
+def remove_sysroot(path: Path) -> None:
+    """Remove a folder sysroot, whose deployment roots libostree made immutable (chattr +i,
+    so that nothing writes into a deployed tree by accident)."""
+    deploys = list(path.glob("ostree/deploy/*/deploy/*"))
+    if deploys:
+        run(["chattr", "-i", *map(str, deploys)], check=False)
+    shutil.rmtree(path, ignore_errors=True)

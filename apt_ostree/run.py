@@ -1,8 +1,11 @@
-"""The one subprocess wrapper: argv lists, explicit environment, errors that carry stderr."""
+"""The one subprocess wrapper: argv lists, explicit environment, errors that carry stderr.
+
+`run` waits for a tool, `run_streaming` hands its lines to a callback as they come (steps a
+user watches), `spawn` starts a long-lived child (the daemon's worker) and returns it.
+"""
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import re
@@ -46,23 +49,6 @@ def raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-CLONE_NEWNS = 0x00020000
-MS_REC = 0x4000
-MS_SLAVE = 0x80000
-
-
-def private_mount_namespace() -> str | None:
-    """A mount namespace of this process's own (as systemd's MountFlags=slave): the host's
-    mounts reach in, the mounts that we and our children make (mmdebstrap's /proc and /sys,
-    layering's overlays) stay in and vanish with the last of us, even after SIGKILL.
-    Returns why not when the kernel refuses (not root: such a caller mounts nothing)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS) != 0:
-        return os.strerror(ctypes.get_errno())
-    libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None)
-    return None
-
-
 def mounts_under(folder: Path) -> list[Path]:
     """The mount points at or below `folder` in our mount namespace, deepest first."""
     found = []
@@ -80,7 +66,7 @@ def unmount_under(folder: Path) -> None:
     into another file system (a bind-mounted /dev or /sys left by a killed tool)."""
     folder = folder.resolve()
     for point in mounts_under(folder):
-        subprocess.run(["umount", "--lazy", str(point)], check=False, capture_output=True)
+        run(["umount", "--lazy", point], check=False)
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
@@ -107,13 +93,17 @@ def run(
     cwd: Path | None = None,
     input: str | bytes | None = None,
     capture: bool = True,
+    merge: bool = False,
+    check: bool = True,
     timeout: float | None = None,
     what: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `argv`; raise CommandError (with the tool's stderr) when it fails.
+    """Run `argv`; raise CommandError (with the tool's stderr) when it fails, unless
+    check=False (the caller reads `returncode`).
 
     `what` names the step for the error message; by default the program's name.
-    With capture=False the tool's output goes to our stderr (for long steps a user watches).
+    With capture=False the tool's output goes to our stderr (for long steps a user watches);
+    with merge=True its stderr is merged into `stdout`, in the order the tool wrote.
     """
     args = [str(a) for a in argv]
     log.debug("running: %s", shlex.join(args))
@@ -126,7 +116,7 @@ def run(
             input=data,
             text=True,
             stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.PIPE if capture else None,
+            stderr=(subprocess.STDOUT if merge else subprocess.PIPE) if capture else None,
             timeout=timeout,
             check=False,
         )
@@ -134,7 +124,7 @@ def run(
         raise CommandError(f"{args[0]} is not installed") from e
     except subprocess.TimeoutExpired as e:
         raise CommandError(f"{what or args[0]} did not finish within {timeout:.0f} s") from e
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         detail = _last_lines(proc.stderr or proc.stdout or "")
         msg = f"{what or Path(args[0]).name} failed (exit {proc.returncode})"
         raise CommandError(
@@ -192,3 +182,24 @@ def run_streaming(
             stderr=text,
             returncode=proc.returncode,
         )
+
+
+def spawn(
+    argv: Sequence[str | Path], *, env: Mapping[str, str], input: bytes = b""
+) -> subprocess.Popen[bytes]:
+    """Start `argv` as the leader of a new session (so that it and its children are signalled
+    as one group), with `env` as its whole environment, `input` on its stdin and its stdout a
+    pipe for the caller to read; stderr is ours. For the daemon's worker, which outlives the
+    call that starts it."""
+    args = [str(a) for a in argv]
+    log.debug("spawning: %s", shlex.join(args))
+    try:
+        proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, env=env
+        )
+    except FileNotFoundError as e:
+        raise CommandError(f"{args[0]} is not installed") from e
+    assert proc.stdin is not None
+    with proc.stdin:
+        proc.stdin.write(input)
+    return proc

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from apt_ostree.deployments import remove_tree
+from apt_ostree.ostree import remove_sysroot as remove_tree
 from bench.common import APT_OSTREE, machine_line, timed, write_section
 from bench.deploy import init, synthetic_repo
 from tests.daemon.bus import start_bus, start_daemon, start_polkitd, stop

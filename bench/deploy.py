@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from apt_ostree import aptpkg
-from apt_ostree.deployments import remove_tree
+from apt_ostree.ostree import remove_sysroot as remove_tree
 from bench.common import APT_OSTREE, ROOT, machine_line, timed, write_section
 from tests.support.aptrepo import AptRepo
 from tests.support.debs import DebSpec

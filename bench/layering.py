@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apt_ostree.deployments import remove_tree
+from apt_ostree.ostree import remove_sysroot as remove_tree
 from bench.common import APT_OSTREE, ROOT, machine_line, write_section
 from bench.deploy import compose, deployments, init, mib, ostree
 from tests.daemon.bus import PrivateBus, start_bus, start_daemon, stop, wait_idle

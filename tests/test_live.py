@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from apt_ostree import live, ostree
+from apt_ostree import ostree
+from apt_ostree.errors import LiveError
 from apt_ostree.origin import Origin
-from apt_ostree.pkgdiff import PackageChange, PackageDiff
 from apt_ostree.run import run
+from apt_ostree.system import live, live_state
+from apt_ostree.system.results import PackageChange, PackageDiff
 from tests.deploy import conftest as deploy
 from tests.support.sysroots import cli
 
@@ -111,14 +113,14 @@ def test_changed_files_need_allow_replacement(
     trees: tuple[Path, Path, ostree.TreeDiff],
 ) -> None:
     _, _, diff = trees
-    with pytest.raises(live.LiveError) as e:
+    with pytest.raises(LiveError) as e:
         live._check_additions(PackageDiff(), diff)
     assert str(e.value) == (
         "3 files would be replaced or removed (/usr/etc/a.conf, /usr/share/doc/a/README,"
         " /usr/bin/gone); only additions are applied live without --allow-replacement"
     )
     upgraded = PackageDiff(upgraded=(PackageChange("a", "1.0", "2.0", "amd64"),))
-    with pytest.raises(live.LiveError, match=r"packages would change or go: a 1.0 -> 2.0;"):
+    with pytest.raises(LiveError, match=r"packages would change or go: a 1.0 -> 2.0;"):
         live._check_additions(upgraded, diff)
 
 
@@ -171,14 +173,14 @@ def test_live_state_belongs_to_one_boot_of_one_deployment(tmp_path: Path) -> Non
         "test", "a" * 64, 0, 1, True, False, False, "transient", "", (), tmp_path
     )
     path = tmp_path / "live.json"
-    assert live.read_state(booted, path) is None
-    state = live.LiveState(booted.id, booted.checksum, "b" * 64, False)
-    live._write_state(state, path)
-    assert live.read_state(booted, path) == state
+    assert live_state.read_state(booted, path) is None
+    state = live_state.LiveState(booted.id, booted.checksum, "b" * 64, False)
+    live_state.write_state(state, path)
+    assert live_state.read_state(booted, path) == state
     assert json.loads(path.read_text())["commit"] == "b" * 64
     other = ostree.Deployment("test", "c" * 64, 0, 0, True, False, False, "none", "", (), tmp_path)
-    assert live.read_state(other, path) is None
-    assert live.read_state(None, path) is None
+    assert live_state.read_state(other, path) is None
+    assert live_state.read_state(None, path) is None
 
 
 def test_a_hotfix_unlock_is_not_carried_into_new_deployments() -> None:

@@ -6,14 +6,9 @@ import json
 
 import pytest
 
-from apt_ostree.pkgdiff import (
-    NO_CHANGES,
-    PackageChange,
-    PackageDiff,
-    diff_packages,
-    render_diff,
-    render_package_list,
-)
+from apt_ostree.cli.render import NO_CHANGES, render_diff, render_package_list
+from apt_ostree.pkgdiff import diff_packages
+from apt_ostree.system.results import PackageChange, PackageDiff, diff_to_wire
 
 
 @pytest.mark.parametrize(
@@ -119,7 +114,7 @@ def test_empty_diff() -> None:
     assert diff.is_empty()
     assert diff == PackageDiff()
     assert render_diff(diff) == [NO_CHANGES] == ["No package changes."]
-    assert diff.to_json() == {"added": [], "removed": [], "upgraded": [], "downgraded": []}
+    assert diff_to_wire(diff) == {"added": [], "removed": [], "upgraded": [], "downgraded": []}
     assert diff_packages([], []).is_empty()
 
 
@@ -131,7 +126,7 @@ def test_inputs_are_any_iterable() -> None:
 def test_json_shape() -> None:
     old = [("hello", "1.0", "amd64"), ("gone", "1", "all"), ("down", "2", "all")]
     new = [("hello", "1.1", "amd64"), ("new", "2", "all"), ("down", "1", "all")]
-    data = diff_packages(old, new).to_json()
+    data = diff_to_wire(diff_packages(old, new))
     assert json.loads(json.dumps(data)) == data
     assert data == {
         "added": [

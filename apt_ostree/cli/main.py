@@ -1,7 +1,13 @@
-"""`apt-ostree`: parse the command line, run the verb, map errors onto exit codes.
+"""`apt-ostree`: parse the command line, run the verb here or in apt-ostreed, render the result,
+map errors onto exit codes.
 
-Exit codes (DESIGN.md): 0 done, 1 failed (one `error:` line; a traceback only with
---debug), 2 usage, 77 nothing changed where --unchanged-exit-77 asked.
+A verb of the table (`apt_ostree/system/requests.py`) becomes its request; without
+`--sysroot`, and with apt-ostreed on the system bus, the daemon runs it (`DaemonClient.run`),
+else this process does (`execute`). Either way the result is rendered here by the same code
+(`apt_ostree/cli/render.py`).
+
+Exit codes: 0 done, 1 failed (one `error:` line; a traceback only with --debug), 2 usage,
+77 nothing changed where --unchanged-exit-77 asked.
 """
 
 from __future__ import annotations
@@ -11,43 +17,26 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from apt_ostree import __version__
-from apt_ostree.cli import client
-from apt_ostree.daemon import client as daemon_client
-from apt_ostree.errors import AptOstreeError, Terminated, UnchangedError, UsageError
+from apt_ostree.cli import render
+from apt_ostree.cli.parser import build_parser, request_of, verb_of
+from apt_ostree.daemon.client import DaemonClient
+from apt_ostree.errors import (
+    AptOstreeError,
+    DaemonUnreachable,
+    Terminated,
+    UnchangedError,
+    UsageError,
+)
+from apt_ostree.progress import TerminalProgress
+from apt_ostree.system.requests import Init, Request
+from apt_ostree.system.results import Result
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNCHANGED = 77
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
-
-
-COMPOSE_HELP = "compose images on a build server"
-
-
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The whole command line; given the `argv` it will parse, the compose verbs (whose
-    modules import apt and libostree) are only registered when that is the verb."""
-    parser = _Parser(prog="apt-ostree", description="Hybrid image/package system for Debian")
-    parser.add_argument("--version", action="version", version=f"apt-ostree {__version__}")
-    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    verbs.required = True
-    verb = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
-    if argv is None or verb == "compose":
-        from apt_ostree.cli import compose
-
-        compose.register(verbs, help=COMPOSE_HELP)
-    else:  # listed in --help; never parsed
-        verbs.add_parser("compose", help=COMPOSE_HELP)
-    client.register(verbs)
-    daemon_client.register(verbs)
-    return parser
+BOOTED_MARKER = Path("/run/ostree-booted")
 
 
 def _in_process() -> None:
@@ -55,10 +44,94 @@ def _in_process() -> None:
     overlays and work folders removed, `error: terminated`, exit 143), and the mounts that
     the verb's tools make (mmdebstrap's /proc, layering's overlays) stay in a mount namespace
     of ours, so that they go with us even when we are killed."""
-    from apt_ostree.run import private_mount_namespace, raise_on_sigterm
+    from apt_ostree.run import raise_on_sigterm
+    from apt_ostree.syscalls import private_mount_namespace
 
     raise_on_sigterm()
     private_mount_namespace()
+
+
+UNREACHABLE = "cannot reach apt-ostreed (org.aptostree.AptOstree1) on the system bus"
+
+
+def _daemon(args: argparse.Namespace, request: Request) -> DaemonClient | None:
+    """The daemon to ask, or None to run here: `--sysroot` given, a verb only this process
+    runs, or no daemon on a machine not booted from OSTree (where running here says what to
+    do)."""
+    if args.sysroot is not None or not request.served:
+        return None
+    client = DaemonClient.connect()
+    if client is None and BOOTED_MARKER.exists():
+        raise DaemonUnreachable(UNREACHABLE)
+    return client
+
+
+def _connected() -> DaemonClient:
+    client = DaemonClient.connect()
+    if client is None:
+        raise DaemonUnreachable(UNREACHABLE)
+    return client
+
+
+def run_verb(request: Request, args: argparse.Namespace) -> Result:
+    """Run `request` in apt-ostreed, or here; its result."""
+    progress = TerminalProgress()
+    client = _daemon(args, request)
+    if client is not None:
+        try:
+            return client.run(request, args.osname, progress)
+        finally:
+            client.close()
+    _in_process()
+    # imported here: the daemon's client needs neither apt nor libostree
+    from apt_ostree.system.execute import execute
+    from apt_ostree.system.sysroot import System, default_sysroot
+    from apt_ostree.system.updates import init_sysroot
+
+    if isinstance(request, Init):
+        if args.sysroot is None or args.osname is None:
+            raise UsageError("init needs --sysroot DIR and --os NAME")
+        return init_sysroot(args.sysroot.absolute(), args.osname, request, progress)
+    return execute(System(default_sysroot(args.sysroot), args.osname, progress), request)
+
+
+def _automatic(args: argparse.Namespace) -> int:
+    """`upgrade --trigger-automatic-update-policy` (apt-ostreed-automatic.service)."""
+    if args.sysroot is not None:
+        raise UsageError("--trigger-automatic-update-policy needs the daemon: drop --sysroot")
+    client = _connected()
+    try:
+        outcome = client.automatic_update(args.osname, TerminalProgress())
+    finally:
+        client.close()
+    if outcome is None:
+        print("Automatic updates are not enabled (AutomaticUpdatePolicy=none).")
+        return 0
+    return render.outcome(outcome, exit_77=False)
+
+
+def _daemon_verb(verb: str) -> int:
+    """`cancel` and `reload`: methods of the daemon's Sysroot object."""
+    client = _connected()
+    try:
+        client.cancel() if verb == "cancel" else client.reload()
+    finally:
+        client.close()
+    return 0
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    verb = verb_of(args)
+    if verb is None:
+        if args.verb in ("cancel", "reload"):
+            return _daemon_verb(args.verb)
+        _in_process()  # compose
+        code: int = args.func(args)
+        return code
+    if getattr(args, "trigger_automatic_update_policy", False):
+        return _automatic(args)
+    request = request_of(verb, args)
+    return render.show(verb, request, run_verb(request, args), args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,13 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        args = build_parser(args_list).parse_args(args_list)
-        # without --sysroot, served verbs go through apt-ostreed (apt_ostree/daemon/client.py)
-        result: int | None = daemon_client.dispatch(args)
-        if result is None:
-            _in_process()
-            result = args.func(args)
-        return result
+        return dispatch(build_parser(args_list).parse_args(args_list))
     except UnchangedError as e:
         print(str(e), file=sys.stderr)
         return EXIT_UNCHANGED

@@ -31,7 +31,7 @@ import struct
 import tempfile
 from pathlib import Path
 
-from apt_ostree.errors import AptOstreeError
+from apt_ostree.errors import ImageError
 from apt_ostree.run import run
 
 GRUB_PC_DIR = Path("/usr/lib/grub/i386-pc")  # Debian's grub-pc-bin
@@ -83,12 +83,6 @@ set prefix=($root)/grub
 """
 
 
-class GrubError(AptOstreeError):
-    """GRUB could not be set up in the disk image."""
-
-    dbus_name = "ImageFailed"
-
-
 def check_available() -> str | None:
     """Why GRUB cannot be set up on this machine, or None."""
     if not (GRUB_PC_DIR / "boot.img").is_file() or shutil.which("grub-mkimage") is None:
@@ -134,7 +128,7 @@ def write_boot_code(raw: Path, bios_start: int, bios_size: int, core: bytes) -> 
     first = bios_start // SECTOR
     sectors = -(-len(core) // SECTOR)
     if sectors * SECTOR > bios_size:
-        raise GrubError(
+        raise ImageError(
             f"GRUB's core image ({len(core)} bytes) does not fit its BIOS boot partition"
         )
     boot = bytearray((GRUB_PC_DIR / "boot.img").read_bytes())

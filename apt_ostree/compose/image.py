@@ -37,8 +37,7 @@ from pathlib import Path
 
 from apt_ostree import ostree
 from apt_ostree.compose import grub
-from apt_ostree.deployments import remove_tree
-from apt_ostree.errors import AptOstreeError, UsageError
+from apt_ostree.errors import ImageError, UsageError
 from apt_ostree.origin import Origin, Refspec
 from apt_ostree.progress import Progress, human_size
 from apt_ostree.run import run
@@ -60,12 +59,6 @@ SYSTEMD_BOOT_EFI = Path("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
 # rEFInd's read-only ext4 driver: systemd-boot loads every \EFI\systemd\drivers\*x64.efi
 REFIND_EXT4_DRIVER = "usr/share/refind/refind/drivers_x64/ext4_x64.efi"
 DEFAULT_CACHEDIR = Path("/var/cache/apt-ostree/image")
-
-
-class ImageError(AptOstreeError):
-    """A disk image could not be built."""
-
-    dbus_name = "ImageFailed"
 
 
 class Bootloader(StrEnum):
@@ -197,7 +190,7 @@ def _scratch() -> Iterator[Path]:
     try:
         yield path
     finally:
-        remove_tree(path / "sysroot")
+        ostree.remove_sysroot(path / "sysroot")
         shutil.rmtree(path, ignore_errors=True)
 
 

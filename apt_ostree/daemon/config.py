@@ -17,13 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from apt_ostree.errors import AptOstreeError
-
-
-class ConfigError(AptOstreeError):
-    """The daemon's configuration file is malformed."""
-
-    dbus_name = "InvalidConfig"
+from apt_ostree.errors import ConfigError
 
 
 class Policy(StrEnum):

@@ -27,22 +27,22 @@ from apt_ostree.daemon.service import Daemon
 from apt_ostree.daemon.sysroot_interface import SysrootInterface
 from apt_ostree.daemon.transaction import Transaction
 from apt_ostree.daemon.transaction_interface import TransactionInterface
-from apt_ostree.errors import ERROR_PREFIX, AptOstreeError
+from apt_ostree.errors import AptOstreeError, dbus_error_name
 
 log = logging.getLogger("apt-ostreed")
 
 
 class ProjectErrors(AbstractErrorRule):  # type: ignore[misc]
-    """AptOstreeError subclasses travel as org.aptostree.AptOstree1.Error.<dbus_name>; anything
-    else (a bug) as ...Error.Failed with its message."""
+    """AptOstreeError subclasses travel as org.aptostree.AptOstree1.Error.<name>
+    (`errors.DBUS_NAMES`); anything else (a bug) as ...Error.Failed with its message."""
 
     def match_type(self, exception_type: type) -> bool:
         return True
 
     def get_name(self, exception_type: type) -> str:
         if issubclass(exception_type, AptOstreeError):
-            return f"{ERROR_PREFIX}.{exception_type.dbus_name}"
-        return f"{ERROR_PREFIX}.Failed"
+            return dbus_error_name(exception_type)
+        return dbus_error_name(AptOstreeError)
 
     def match_name(self, error_name: str) -> bool:
         return False

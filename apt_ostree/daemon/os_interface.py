@@ -1,31 +1,72 @@
 """org.aptostree.AptOstree1.OS, one object per stateroot: converts types and delegates.
 
-Mutating methods return the path of a new Transaction object: subscribe to its signals, then
-call its Start(). Read-only methods return the text the CLI prints. Every method takes a
-catch-all options dictionary keyed by the CLI's long flag names (`apt_ostree/daemon/verbs.py`).
+Its methods are made from the request types (`requests.SERVED`), one per type: the request's
+positional fields are the method's arguments, its options the trailing `a{sv}` (keyed by the
+long flag's name). Mutating methods return the path of a new Transaction object (subscribe to
+its signals, then call its Start()); read-only ones return structures (`REPLIES`): the
+deployments as `aa{sv}` with the keys of `status --json`, a package diff as `a{sv}`, package
+lists as arrays.
 """
 
+import inspect
 import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from dasbus.server.interface import returns_multiple_arguments
 from dasbus.server.template import BasicInterfaceTemplate
+from dasbus.typing import Dict, List, Str, Tuple
 
 from apt_ostree import keys
 from apt_ostree.daemon.dbus_typing import (
     CallInfo,
     ObjPath,
     Options,
+    Variant,
     accepts_additional_arguments,
     dbus_interface,
 )
 from apt_ostree.daemon.service import Daemon
-from apt_ostree.daemon.verbs import BY_METHOD
+from apt_ostree.daemon.variants import native, wire_variants
+from apt_ostree.system.requests import (
+    SERVED,
+    DbDiff,
+    DbList,
+    Kind,
+    Request,
+    Search,
+    Status,
+    from_call,
+)
+from apt_ostree.system.results import CommitDiff, PackageList, Result, StatusResult
+
+_ARG_TYPES = {Kind.STR: Str, Kind.STRS: List[Str]}
+_PACKAGES = List[Tuple[Str, Str, Str]]
+# the reply of each read-only method
+REPLIES: Mapping[type[Request], Any] = {
+    Status: List[Dict[Str, Variant]],
+    DbDiff: Dict[Str, Variant],
+    DbList: Tuple[Str, _PACKAGES],  # (checksum, packages): two out arguments
+    Search: _PACKAGES,  # (name, version, summary)
+}
 
 
 def os_path(osname: str) -> str:
     """The object path of a stateroot; bytes outside [A-Za-z0-9] are escaped as _XX."""
     escaped = re.sub(r"[^A-Za-z0-9]", lambda m: f"_{ord(m.group()):02x}", osname)
     return f"{keys.OS_PATH_PREFIX}/{escaped}"
+
+
+def reply_of(result: Result) -> Any:
+    """A read-only method's reply, for the types in REPLIES."""
+    if isinstance(result, StatusResult):
+        return [wire_variants(d.to_wire()) for d in result.deployments]
+    if isinstance(result, CommitDiff):
+        return wire_variants(result.to_wire())
+    if isinstance(result, PackageList):
+        return (result.checksum, [tuple(p) for p in result.packages])
+    assert isinstance(result, tuple), result
+    return [(m.name, m.version, m.summary) for m in result]
 
 
 class OSObject:
@@ -35,108 +76,49 @@ class OSObject:
         self.daemon = daemon
         self.osname = osname
 
-    def call(self, method: str, positional: list[Any], options: Options, sender: str) -> str:
-        verb = BY_METHOD[method]
-        plain = {k: v.unpack() for k, v in options.items()}
-        if verb.mutating:
-            return self.daemon.start(verb, self.osname, positional, plain, sender).path
-        return self.daemon.query(verb, self.osname, positional, plain)
+    def call(
+        self, cls: type[Request], positional: Sequence[Any], options: Options, sender: str
+    ) -> Any:
+        request = from_call(cls, positional, native(options))
+        if request.mutating:
+            return ObjPath(self.daemon.start(request, self.osname, sender).path)
+        return reply_of(self.daemon.query(request, self.osname))
 
     def automatic_update(self, sender: str) -> str:
         txn = self.daemon.automatic_update(self.osname, sender)
         return txn.path if txn is not None else "/"
 
 
-@dbus_interface(keys.INTERFACE_OS)
-class OSInterface(BasicInterfaceTemplate):  # type: ignore[misc]
-    def _call(self, method: str, positional: list[Any], options: Options, info: CallInfo) -> str:
-        impl: OSObject = self.implementation
-        return impl.call(method, positional, options, info["sender"])
+def _method(cls: type[Request]) -> Callable[..., Any]:
+    """The bus method of a request type: (its positional fields..., a{sv} options)."""
 
+    def method(self: OSInterface, *values: Any, call_info: CallInfo) -> Any:
+        *positional, options = values
+        impl: OSObject = self.implementation
+        return impl.call(cls, positional, options, call_info["sender"])
+
+    kinds = [(f.name, _ARG_TYPES[f.kind]) for f in cls.fields() if f.positional]
+    reply = REPLIES.get(cls, ObjPath)
+    arg = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [
+        inspect.Parameter("self", arg),
+        *(inspect.Parameter(name, arg, annotation=hint) for name, hint in kinds),
+        inspect.Parameter("options", arg, annotation=Dict[Str, Variant]),
+        inspect.Parameter("call_info", inspect.Parameter.KEYWORD_ONLY),
+    ]
+    method.__signature__ = inspect.Signature(params, return_annotation=reply)  # type: ignore[attr-defined]
+    method.__annotations__ = {**dict(kinds), "options": Dict[Str, Variant], "return": reply}
+    method.__name__ = method.__qualname__ = cls.method
+    if cls is DbList:
+        method = returns_multiple_arguments(method)
+    return accepts_additional_arguments(method)
+
+
+class OSInterface(BasicInterfaceTemplate):  # type: ignore[misc]
     @property
     def Name(self) -> str:
         impl: OSObject = self.implementation
         return impl.osname
-
-    # ---- mutating: each returns a Transaction path ----
-
-    @accepts_additional_arguments
-    def Upgrade(self, options: Options, *, call_info: CallInfo) -> ObjPath:
-        return self._call("Upgrade", [], options, call_info)
-
-    @accepts_additional_arguments
-    def Deploy(self, revision: str, options: Options, *, call_info: CallInfo) -> ObjPath:
-        return self._call("Deploy", [revision], options, call_info)
-
-    @accepts_additional_arguments
-    def Rebase(
-        self, refspec: str, revision: str, options: Options, *, call_info: CallInfo
-    ) -> ObjPath:
-        return self._call("Rebase", [refspec, revision], options, call_info)
-
-    @accepts_additional_arguments
-    def Rollback(self, options: Options, *, call_info: CallInfo) -> ObjPath:
-        return self._call("Rollback", [], options, call_info)
-
-    @accepts_additional_arguments
-    def Cleanup(self, options: Options, *, call_info: CallInfo) -> ObjPath:
-        return self._call("Cleanup", [], options, call_info)
-
-    @accepts_additional_arguments
-    def KernelArgs(self, options: Options, *, call_info: CallInfo) -> ObjPath:
-        return self._call("KernelArgs", [], options, call_info)
-
-    @accepts_additional_arguments
-    def FinalizeDeployment(
-        self, checksum: str, options: Options, *, call_info: CallInfo
-    ) -> ObjPath:
-        return self._call("FinalizeDeployment", [checksum], options, call_info)
-
-    @accepts_additional_arguments
-    def Install(self, packages: list[str], options: Options, *, call_info: CallInfo) -> ObjPath:
-        return self._call("Install", [packages], options, call_info)
-
-    @accepts_additional_arguments
-    def Uninstall(self, packages: list[str], options: Options, *, call_info: CallInfo) -> ObjPath:
-        return self._call("Uninstall", [packages], options, call_info)
-
-    @accepts_additional_arguments
-    def OverrideRemove(
-        self, packages: list[str], options: Options, *, call_info: CallInfo
-    ) -> ObjPath:
-        return self._call("OverrideRemove", [packages], options, call_info)
-
-    @accepts_additional_arguments
-    def OverrideReplace(
-        self, packages: list[str], options: Options, *, call_info: CallInfo
-    ) -> ObjPath:
-        return self._call("OverrideReplace", [packages], options, call_info)
-
-    @accepts_additional_arguments
-    def OverrideReset(
-        self, packages: list[str], options: Options, *, call_info: CallInfo
-    ) -> ObjPath:
-        return self._call("OverrideReset", [packages], options, call_info)
-
-    @accepts_additional_arguments
-    def Reset(self, options: Options, *, call_info: CallInfo) -> ObjPath:
-        return self._call("Reset", [], options, call_info)
-
-    @accepts_additional_arguments
-    def RefreshMd(self, options: Options, *, call_info: CallInfo) -> ObjPath:
-        return self._call("RefreshMd", [], options, call_info)
-
-    @accepts_additional_arguments
-    def Initramfs(self, options: Options, *, call_info: CallInfo) -> ObjPath:
-        return self._call("Initramfs", [], options, call_info)
-
-    @accepts_additional_arguments
-    def ApplyLive(self, options: Options, *, call_info: CallInfo) -> ObjPath:
-        return self._call("ApplyLive", [], options, call_info)
-
-    @accepts_additional_arguments
-    def UsrOverlay(self, options: Options, *, call_info: CallInfo) -> ObjPath:
-        return self._call("UsrOverlay", [], options, call_info)
 
     @accepts_additional_arguments
     def AutomaticUpdateTrigger(self, options: Options, *, call_info: CallInfo) -> ObjPath:
@@ -144,24 +126,7 @@ class OSInterface(BasicInterfaceTemplate):  # type: ignore[misc]
         impl: OSObject = self.implementation
         return ObjPath(impl.automatic_update(call_info["sender"]))
 
-    # ---- read-only: each returns the text the CLI prints ----
 
-    @accepts_additional_arguments
-    def Status(self, options: Options, *, call_info: CallInfo) -> str:
-        return self._call("Status", [], options, call_info)
-
-    @accepts_additional_arguments
-    def DbDiff(self, from_rev: str, to_rev: str, options: Options, *, call_info: CallInfo) -> str:
-        return self._call("DbDiff", [from_rev, to_rev], options, call_info)
-
-    @accepts_additional_arguments
-    def DbList(self, rev: str, options: Options, *, call_info: CallInfo) -> str:
-        return self._call("DbList", [rev], options, call_info)
-
-    @accepts_additional_arguments
-    def DbVersion(self, rev: str, options: Options, *, call_info: CallInfo) -> str:
-        return self._call("DbVersion", [rev], options, call_info)
-
-    @accepts_additional_arguments
-    def Search(self, patterns: list[str], options: Options, *, call_info: CallInfo) -> str:
-        return self._call("Search", [patterns], options, call_info)
+for _cls in SERVED.values():
+    setattr(OSInterface, _cls.method, _method(_cls))
+OSInterface = dbus_interface(keys.INTERFACE_OS)(OSInterface)  # type: ignore[misc]

@@ -16,17 +16,11 @@ from gi.repository import Gio, GLib
 
 from apt_ostree import keys
 from apt_ostree.daemon.transaction import Caller
-from apt_ostree.errors import AptOstreeError
+from apt_ostree.errors import AccessDenied
 
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_MS = 30_000
-
-
-class AccessDenied(AptOstreeError):
-    """polkit did not allow the caller to do this."""
-
-    dbus_name = "AccessDenied"
 
 
 def check_authorization(connection: Any, caller: Caller, action: str) -> None:

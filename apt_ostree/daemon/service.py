@@ -2,17 +2,14 @@
 
 One transaction at a time: a mutating call while one runs is refused with an error naming the
 running transaction and its client. Read-only calls run in the daemon's own process, through
-the same CLI functions that `--sysroot` mode runs, and return what the CLI prints.
+the same typed core as `--sysroot` mode (`system.execute`), and return its results.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import redirect_stdout
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,42 +18,38 @@ from gi.repository import Gio, GLib
 
 from apt_ostree.daemon.config import DaemonConfig, Policy, load_config
 from apt_ostree.daemon.polkit import check_authorization
-from apt_ostree.daemon.transaction import Caller, Transaction
-from apt_ostree.daemon.verbs import Verb, action_of, worker_argv
-from apt_ostree.daemon.worker import RECOMMENDS_ENV
-from apt_ostree.deployments import SysrootClient
-from apt_ostree.errors import AptOstreeError, UsageError
+from apt_ostree.daemon.transaction import Caller, Job, Transaction
+from apt_ostree.errors import BusyError, RefusedError
 from apt_ostree.progress import Progress
+from apt_ostree.system.execute import execute
+from apt_ostree.system.requests import (
+    AutomaticUpdate,
+    Install,
+    OverrideRemove,
+    OverrideReplace,
+    OverrideReset,
+    Request,
+    Reset,
+    Status,
+    Uninstall,
+    to_call,
+)
+from apt_ostree.system.results import (
+    CachedUpdate,
+    DeploymentInfo,
+    Outcome,
+    Result,
+    StatusResult,
+    TransactionInfo,
+)
+from apt_ostree.system.sysroot import System
 
 log = logging.getLogger(__name__)
 
 # a transaction nobody started (its client went away before Start) is dropped after this
 UNSTARTED_TIMEOUT_SECONDS = 60
-LAYERING_METHODS = {
-    "Install",
-    "Uninstall",
-    "OverrideRemove",
-    "OverrideReplace",
-    "OverrideReset",
-    "Reset",
-}
-
-
-class BusyError(AptOstreeError):
-    """Another transaction is running."""
-
-    dbus_name = "Busy"
-
-
-def run_in_process(argv: Sequence[str]) -> str:
-    """Run a read-only CLI verb here and return what it prints."""
-    from apt_ostree.cli.main import build_parser  # the CLI imports this package's client
-
-    out = io.StringIO()
-    with redirect_stdout(out):
-        args = build_parser().parse_args(list(argv))
-        args.func(args)
-    return out.getvalue()
+# what LockLayering=true refuses
+LAYERING = (Install, Uninstall, OverrideRemove, OverrideReplace, OverrideReset, Reset)
 
 
 class Daemon:
@@ -66,10 +59,15 @@ class Daemon:
         self.config: DaemonConfig = load_config(config_path)
         self.connection = connection  # Gio.DBusConnection, to ask who a caller is
         self.active: Transaction | None = None
-        self.cached_update = ""
+        self.cached_update: CachedUpdate | None = None
         self._number = 0
         self._last_activity = time.monotonic()
-        self.properties_changed = Signal()  # Deployments, ActiveTransaction, ... may differ
+        self._deployments: tuple[DeploymentInfo, ...] | None = None
+        # the properties' signals: each is emitted when what its property shows has changed
+        self.deployments_changed = Signal()  # Deployments, Booted
+        self.transaction_changed = Signal()  # ActiveTransaction
+        self.config_changed = Signal()  # AutomaticUpdatePolicy
+        self.cached_update_changed = Signal()  # CachedUpdate
         self.transaction_added = Signal()  # (Transaction): publish it
         self.transaction_removed = Signal()  # (Transaction): unpublish it
         self.idle = Signal()  # the daemon has been idle for IdleExitTimeout
@@ -101,72 +99,69 @@ class Daemon:
 
     # ---- reading ----
 
-    def client(self, osname: str | None = None) -> SysrootClient:
-        return SysrootClient(self.sysroot, osname, Progress())
+    def system(self, osname: str | None = None) -> System:
+        return System(self.sysroot, osname, Progress())
 
     def osnames(self) -> list[str]:
         deploy = self.sysroot / "ostree" / "deploy"
         return sorted(p.name for p in deploy.iterdir() if p.is_dir()) if deploy.is_dir() else []
 
     def default_osname(self) -> str:
-        return self.client().osname()
+        return self.system().osname()
 
-    def deployments_json(self) -> str:
-        return json.dumps([s.to_json() for s in self.client().status()])
+    def deployments(self) -> tuple[DeploymentInfo, ...]:
+        self._deployments = self.system().status()
+        return self._deployments
 
     def booted_osname(self) -> str:
-        booted = [d for d in self.client().sysroot.deployments() if d.booted]
+        booted = [d for d in self.deployments() if d.booted]
         return booted[0].osname if booted else ""
 
-    def query(
-        self, verb: Verb, osname: str, positional: Sequence[Any], options: Mapping[str, Any]
-    ) -> str:
+    def query(self, request: Request, osname: str) -> Result:
+        """A read-only request, run here; `status` gets what only the daemon knows."""
         self.touch()
-        text = run_in_process(worker_argv(verb, self.sysroot, osname, positional, options))
-        if verb.method == "Status" and options.get("json"):
-            text = self._status_extras(text)
-        return text
-
-    def _status_extras(self, text: str) -> str:
-        """`status --json` through the daemon fills what only the daemon knows (rpm-ostree's
-        `transaction` and `cached-update` keys); null as in --sysroot mode otherwise."""
-        doc = json.loads(text)
-        t = self.active
-        doc["transaction"] = [t.title, str(t.caller), t.path] if t else None
-        doc["cached-update"] = json.loads(self.cached_update) if self.cached_update else None
-        return json.dumps(doc, indent=2) + "\n"
+        result = execute(self.system(osname), request)
+        if isinstance(request, Status):
+            assert isinstance(result, StatusResult)
+            t = self.active
+            return StatusResult(
+                result.deployments,
+                TransactionInfo(t.title, str(t.caller), t.path) if t else None,
+                self.cached_update,
+            )
+        return result
 
     # ---- transactions ----
 
-    def start(
-        self,
-        verb: Verb,
-        osname: str,
-        positional: Sequence[Any],
-        options: Mapping[str, Any],
-        sender: str,
-    ) -> Transaction:
+    def start(self, request: Request, osname: str, sender: str) -> Transaction:
         """Check, authorize and create the transaction; the client then calls its Start()."""
         self.touch()
-        argv = worker_argv(verb, self.sysroot, osname, positional, options)
-        if self.config.lock_layering and verb.method in LAYERING_METHODS:
-            raise UsageError(f"{self.config_path}: LockLayering is set: package changes refused")
-        return self.begin(
-            " ".join(verb.words), argv, self.authorize(sender, action_of(verb, positional))
-        )
+        if self.config.lock_layering and isinstance(request, LAYERING):
+            raise RefusedError(f"{self.config_path}: LockLayering is set: package changes refused")
+        caller = self.authorize(sender, request.polkit_action())
+        return self.begin(request, osname, caller)
 
-    def begin(self, title: str, argv: Sequence[str], caller: Caller) -> Transaction:
+    def begin(self, request: Request, osname: str, caller: Caller, title: str = "") -> Transaction:
         previous = self.active
         if previous is not None and not previous.reported:
             raise BusyError(f"transaction {previous.describe()} is running")
         self._number += 1
+        positional, options = to_call(request)
+        job = Job(
+            sysroot=str(self.sysroot),
+            osname=osname,
+            method=request.method,
+            positional=positional,
+            options=options,
+            recommends=self.config.recommends,
+        )
+        title = title or request.title()
         # a reported transaction's worker may still clean up: the new one starts after it
-        env = {RECOMMENDS_ENV: "1" if self.config.recommends else "0"}
-        txn = Transaction(self._number, title, argv, caller, self._done, after=previous, env=env)
+        txn = Transaction(self._number, title, job, caller, self._done, after=previous)
         txn.authorize_cancel = lambda sender: self._authorize_cancel(txn, sender)
         self.active = txn
         self.transaction_added.emit(txn)
-        self.properties_changed.emit()
+        self.transaction_changed.emit()
         GLib.timeout_add_seconds(UNSTARTED_TIMEOUT_SECONDS, self._drop_unstarted, txn)
         return txn
 
@@ -187,7 +182,10 @@ class Daemon:
             self.active = None
         self.touch()
         self.transaction_removed.emit(txn)
-        self.properties_changed.emit()
+        self.transaction_changed.emit()
+        before = self._deployments
+        if before is None or self.deployments() != before:
+            self.deployments_changed.emit()
 
     def _authorize_cancel(self, txn: Transaction, sender: str) -> None:
         caller = self.caller(sender)
@@ -197,7 +195,7 @@ class Daemon:
     def cancel(self, sender: str) -> None:
         """`apt-ostree cancel`: cancel the running transaction, whoever started it."""
         if self.active is None:
-            raise UsageError("no transaction is running")
+            raise RefusedError("no transaction is running")
         self.active.cancel_by(sender)
 
     def automatic_update(self, osname: str, sender: str) -> Transaction | None:
@@ -206,15 +204,20 @@ class Daemon:
         policy = self.config.automatic_update_policy
         if policy is Policy.NONE:
             return None
-        caller = self.authorize(sender, "upgrade")
-        argv = ["--automatic", policy.value, "--sysroot", str(self.sysroot), "--os", osname]
-        txn = self.begin(f"automatic update ({policy.value})", argv, caller)
-        txn.cached_update.connect(self._set_cached_update)
+        caller = self.authorize(sender, AutomaticUpdate.action)
+        request = AutomaticUpdate(stage=policy is Policy.STAGE)
+        txn = self.begin(request, osname, caller, f"automatic update ({policy.value})")
+        txn.result.connect(self._set_cached_update)
         return txn
 
-    def _set_cached_update(self, doc: str) -> None:
-        self.cached_update = doc
-        self.properties_changed.emit()
+    def _set_cached_update(self, outcome: Outcome) -> None:
+        """An automatic check's outcome: an update was found when it changed something."""
+        update = None
+        if outcome.changed and outcome.checksum is not None and outcome.diff is not None:
+            update = CachedUpdate(outcome.checksum, outcome.version, outcome.diff)
+        if update != self.cached_update:
+            self.cached_update = update
+            self.cached_update_changed.emit()
 
     # ---- configuration and idle exit ----
 
@@ -222,7 +225,7 @@ class Daemon:
         self.authorize(sender, "reload-daemon")
         self.config = load_config(self.config_path)
         log.info("configuration reloaded: %s", self.config)
-        self.properties_changed.emit()
+        self.config_changed.emit()
 
     def touch(self) -> None:
         self._last_activity = time.monotonic()

@@ -1,17 +1,20 @@
 """org.aptostree.AptOstree1.Sysroot: converts types and delegates to `Daemon`."""
 
 from dasbus.server.template import InterfaceTemplate
+from dasbus.typing import Dict, List, Str
 
 from apt_ostree import keys
 from apt_ostree.daemon.dbus_typing import (
     CallInfo,
     ObjPath,
+    Variant,
     accepts_additional_arguments,
     dbus_interface,
     emits_properties_changed,
 )
 from apt_ostree.daemon.os_interface import os_path
 from apt_ostree.daemon.service import Daemon
+from apt_ostree.daemon.variants import wire_variants
 from apt_ostree.errors import UsageError
 
 
@@ -23,25 +26,27 @@ class SysrootInterface(InterfaceTemplate):  # type: ignore[misc]
         return impl
 
     def connect_signals(self) -> None:
+        """PropertiesChanged for a property when what it shows has changed."""
         super().connect_signals()
-        for name in (
-            "Deployments",
-            "Booted",
-            "ActiveTransaction",
-            "AutomaticUpdatePolicy",
-            "CachedUpdate",
+        d = self.daemon
+        for name, signal in (
+            ("Deployments", d.deployments_changed),
+            ("Booted", d.deployments_changed),
+            ("ActiveTransaction", d.transaction_changed),
+            ("AutomaticUpdatePolicy", d.config_changed),
+            ("CachedUpdate", d.cached_update_changed),
         ):
-            self.watch_property(name, self.daemon.properties_changed)
-        self.daemon.properties_changed.connect(self.flush_changes)
+            self.watch_property(name, signal)
+            signal.connect(self.flush_changes)
 
     @property
-    def Path(self) -> str:
+    def Path(self) -> Str:
         return str(self.daemon.sysroot)
 
     @property
-    def Deployments(self) -> str:
-        """A JSON list of deployments, with the keys of `apt-ostree status --json`."""
-        return self.daemon.deployments_json()
+    def Deployments(self) -> List[Dict[Str, Variant]]:
+        """Every deployment, with the keys of `apt-ostree status --json`."""
+        return [wire_variants(d.to_wire()) for d in self.daemon.deployments()]
 
     @property
     def Booted(self) -> ObjPath:
@@ -56,16 +61,18 @@ class SysrootInterface(InterfaceTemplate):  # type: ignore[misc]
         return (t.title, str(t.caller), t.path) if t else ("", "", "")
 
     @property
-    def AutomaticUpdatePolicy(self) -> str:
+    def AutomaticUpdatePolicy(self) -> Str:
         return self.daemon.config.automatic_update_policy.value
 
     @property
-    def CachedUpdate(self) -> str:
-        """JSON of the last automatic check (checksum, version, diff), or ""."""
-        return self.daemon.cached_update
+    def CachedUpdate(self) -> Dict[Str, Variant]:
+        """What the last automatic check found: checksum, version, and the package changes
+        (added, removed, upgraded, downgraded, as `DbDiff`); empty when none."""
+        update = self.daemon.cached_update
+        return wire_variants(update.to_wire()) if update is not None else {}
 
     @accepts_additional_arguments
-    def GetOS(self, name: str, *, call_info: CallInfo) -> ObjPath:
+    def GetOS(self, name: Str, *, call_info: CallInfo) -> ObjPath:
         """The OS object of a stateroot ("": the booted one, or the only one)."""
         name = name or self.daemon.default_osname()
         if name not in self.daemon.osnames():

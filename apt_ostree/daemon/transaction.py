@@ -1,11 +1,12 @@
-"""A transaction: one client verb run by a worker process, reported as signals.
+"""A transaction: one request run by a worker process, reported as signals.
 
 Bus-free: the signals are dasbus `Signal`s that `transaction_interface.py` re-emits on the bus.
-The worker (`apt_ostree/daemon/worker.py`) writes JSON lines on a pipe; a GLib watch on the
-pipe turns each into a signal. The worker's `finished` line is the client's result; end of
-file (the worker exited, or was killed) ends the transaction, with `finished` if the worker
-never said it. Between the two the worker cleans up (see worker.py); a transaction begun then
-starts its own worker only after that one exits.
+The worker (`apt_ostree/daemon/worker.py`) gets its `Job` as JSON on stdin and writes JSON
+lines on a pipe; a GLib watch on the pipe turns each into a signal. The worker's `result` and
+`finished` lines are the client's result; end of file (the worker exited, or was killed) ends
+the transaction, with `finished` if the worker never said it. Between the two the worker
+cleans up (see worker.py); a transaction begun then starts its own worker only after that one
+exits.
 """
 
 from __future__ import annotations
@@ -17,21 +18,23 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from dasbus.signal import Signal
 from gi.repository import GLib
 
 from apt_ostree import keys
-from apt_ostree.daemon.worker import PARENT_ENV
-from apt_ostree.errors import ERROR_PREFIX
+from apt_ostree.errors import AptOstreeError, Cancelled, dbus_error_name
+from apt_ostree.run import spawn
+from apt_ostree.system.results import Outcome
 
 log = logging.getLogger(__name__)
 
 # Cancel: SIGTERM to the worker's process group, SIGKILL when it is still there after this
 KILL_AFTER_SECONDS = 5
+PARENT_ENV = "APT_OSTREED_PID"  # the worker checks that its parent is still this daemon
 
 
 @dataclass(frozen=True)
@@ -46,21 +49,39 @@ class Caller:
         return f"{self.bus_name} (pid {self.pid}, uid {self.uid})"
 
 
+@dataclass(frozen=True)
+class Job:
+    """What a worker runs: a request (as its bus call, `requests.to_call`) on a stateroot,
+    with the daemon's settings that reach the verbs."""
+
+    sysroot: str
+    osname: str
+    method: str
+    positional: list[Any]
+    options: dict[str, Any]
+    recommends: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @staticmethod
+    def from_json(text: str) -> Job:
+        return Job(**json.loads(text))
+
+
 class Transaction:
     def __init__(
         self,
         number: int,
         title: str,
-        argv: Sequence[str],
+        job: Job,
         caller: Caller,
         on_done: Callable[[Transaction], None],
         after: Transaction | None = None,
-        env: Mapping[str, str] | None = None,
     ) -> None:
         self.path = f"{keys.TRANSACTION_PATH_PREFIX}/{number}"
         self.title = title
-        self.argv = list(argv)
-        self.env = dict(env or {})  # for the worker, over the daemon's own environment
+        self.job = job
         self.caller = caller
         self._on_done = on_done
         self._proc: subprocess.Popen[bytes] | None = None
@@ -75,16 +96,15 @@ class Transaction:
         self._waiting = False
         # signals: message(text), task_begin(title), task_end(title, seconds),
         # percent(title, done, total), download(done, total, speed, final), live(text, final),
-        # output(line), finished(success, error_message, error_name)
+        # result(Outcome), finished(success, error_message, error_name)
         self.message = Signal()
         self.task_begin = Signal()
         self.task_end = Signal()
         self.percent = Signal()
         self.download = Signal()
         self.live = Signal()
-        self.output = Signal()
+        self.result = Signal()
         self.finished = Signal()
-        self.cached_update = Signal()  # (JSON document): an automatic update's findings
         # the daemon decides who may cancel (the initiator, root, polkit's `cancel`)
         self.authorize_cancel: Callable[[str], None] = lambda sender: None
 
@@ -108,10 +128,13 @@ class Transaction:
         self._waiting = False
         if self.done:
             return  # cancelled while it waited
-        argv = [sys.executable, "-m", "apt_ostree.daemon.worker", *self.argv]
-        log.info("transaction %s: %s", self.path, " ".join(argv))
-        env = {**os.environ, **self.env, PARENT_ENV: str(os.getpid())}
-        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True, env=env)
+        log.info("transaction %s: %s", self.path, self.job)
+        env = {**os.environ, PARENT_ENV: str(os.getpid())}
+        self._proc = spawn(
+            [sys.executable, "-m", "apt_ostree.daemon.worker"],
+            env=env,
+            input=self.job.to_json().encode(),
+        )
         assert self._proc.stdout is not None
         fd = self._proc.stdout.fileno()
         GLib.io_add_watch(fd, GLib.PRIORITY_DEFAULT, GLib.IO_IN | GLib.IO_HUP, self._readable)
@@ -177,11 +200,8 @@ class Transaction:
             self.download.emit(*args)
         elif kind == "live":
             self.live.emit(ev["text"], bool(ev["final"]))
-        elif kind == "output":
-            self.output.emit(ev["text"])
-        elif kind == "cached_update":
-            update = ev["update"]
-            self.cached_update.emit(json.dumps(update) if update is not None else "")
+        elif kind == "result":
+            self.result.emit(Outcome.from_wire(ev["result"]))
         elif kind == "finished":
             self._result = (bool(ev["success"]), ev["error_message"], ev["error_name"])
             self._report(self._result)  # the client has its result; cleanup may follow
@@ -200,11 +220,12 @@ class Transaction:
         if self._result is not None:  # the worker's own word, even when cancelled too late
             result = self._result
         elif self.cancelled:
-            result = (False, "transaction cancelled", f"{ERROR_PREFIX}.Cancelled")
+            result = (False, "transaction cancelled", dbus_error_name(Cancelled))
         else:
             code = self._proc.returncode if self._proc else None
             text = f"signal {-code}" if code is not None and code < 0 else f"status {code}"
-            result = (False, f"the transaction's worker died ({text})", f"{ERROR_PREFIX}.Failed")
+            failed = dbus_error_name(AptOstreeError)
+            result = (False, f"the transaction's worker died ({text})", failed)
         self._report(result)
         self._on_done(self)
         callbacks, self._on_exit = self._on_exit, []

@@ -3,15 +3,19 @@
 from typing import Any
 
 from dasbus.server.template import BasicInterfaceTemplate
+from dasbus.typing import Dict, Str
 
 from apt_ostree import keys
 from apt_ostree.daemon.dbus_typing import (
     UInt64,
+    Variant,
     accepts_additional_arguments,
     dbus_interface,
     dbus_signal,
 )
 from apt_ostree.daemon.transaction import Transaction
+from apt_ostree.daemon.variants import wire_variants
+from apt_ostree.system.results import Outcome
 
 
 @dbus_interface(keys.INTERFACE_TRANSACTION)
@@ -31,8 +35,11 @@ class TransactionInterface(BasicInterfaceTemplate):  # type: ignore[misc]
         t.percent.connect(self.PercentProgress)
         t.download.connect(self.DownloadProgress)
         t.live.connect(self.LiveMessage)
-        t.output.connect(self.Output)
+        t.result.connect(self._result)
         t.finished.connect(self.Finished)
+
+    def _result(self, outcome: Outcome) -> None:
+        self.Result(wire_variants(outcome.to_wire()))
 
     @property
     def Title(self) -> str:
@@ -79,8 +86,11 @@ class TransactionInterface(BasicInterfaceTemplate):  # type: ignore[misc]
         """A status line that the next one replaces (pull counters)."""
 
     @dbus_signal
-    def Output(self, line: str) -> None:
-        """A line of the verb's result (what the CLI prints on stdout)."""
+    def Result(self, outcome: Dict[Str, Variant]) -> None:
+        """What the transaction did, before Finished: `changed` (b), `lines` (as: what the
+        CLI prints), `checksum`, `version` (s: the commit it is about), `diff` (a{sv}: the
+        package changes, as DbDiff), `then` (a{sv}: the next step's outcome, for install
+        --apply-live)."""
 
     @dbus_signal
     def Finished(self, success: bool, error_message: str, error_name: str) -> None:

@@ -5,7 +5,7 @@
   packages to remove or replace), with downloads cached under /var/cache/apt-ostree.
 - `assemble.py`: the base commit checked out with hardlinks, the plan applied by dpkg in
   bubblewrap on an overlay above it, and only the difference committed -> a new commit.
-- `apt_ostree/deployments.py`: the verbs (install, uninstall, override, reset), the origin,
+- `apt_ostree/system/packages.py`: the verbs (install, uninstall, override, reset), the origin,
   and re-applying the requests onto every new base.
 """
 

@@ -11,8 +11,10 @@ import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from gi.repository import GLib
 
 from apt_ostree.daemon.introspection import interfaces_xml, members
 from tests.daemon.bus import (
@@ -53,8 +55,9 @@ def test_upgrade_through_the_daemon(bus: PrivateBus, daemon: Daemon, machine: Ma
     assert "==> Checking origin:test/os for updates" in result.stderr  # progress signals
     assert "==> Deploying" in result.stderr
     assert machine.versions() == ["1.1", "1.0"]
-    deployments = json.loads(get_property(bus, "Deployments"))
+    deployments = get_property(bus, "Deployments")  # aa{sv}, the keys of status --json
     assert [d["version"] for d in deployments] == ["1.1", "1.0"]
+    assert deployments[0]["checksum"] == machine.served.images.checksum("1.1")
     again = run_client(bus, "upgrade", "--unchanged-exit-77")
     assert again.returncode == 77, again.stderr
     assert "No upgrade available." in again.stderr
@@ -215,12 +218,11 @@ def test_automatic_update_policy(
     assert get_property(bus, "AutomaticUpdatePolicy") == policy
     result = run_client(bus, "upgrade", "--trigger-automatic-update-policy")
     assert result.returncode == 0, result.stderr
-    cached = get_property(bus, "CachedUpdate")
+    update = get_property(bus, "CachedUpdate")  # a{sv}
     if policy == "none":
         assert "not enabled" in result.stdout
-        assert machine.versions() == ["1.0"] and cached == ""
+        assert machine.versions() == ["1.0"] and update == {}
         return
-    update = json.loads(cached)
     assert json.loads(run_client(bus, "status", "--json").stdout)["cached-update"] == update
     assert update["version"] == "1.1"
     assert update["checksum"] == machine.served.images.checksum("1.1")
@@ -290,7 +292,7 @@ def test_lock_layering_refuses_package_changes(
     daemon_config.write_text("[Daemon]\nIdleExitTimeout=0\nLockLayering=true\n")
     assert run_client(bus, "reload").returncode == 0
     result = run_client(bus, "install", "hello")
-    assert result.returncode == 2
+    assert result.returncode == 1  # a refused change, not a malformed command line
     assert "LockLayering is set" in result.stderr
     assert machine.versions() == ["1.0"]
 
@@ -331,3 +333,44 @@ def test_verbs_give_the_same_results_through_the_daemon(
             assert ok("status", "--sysroot", twin, "--json").stdout == status, argv
     finally:
         remove_sysroot(twin)
+
+
+def _gdbus(bus: PrivateBus, method: str, *args: str) -> Any:
+    """A call on the OS object as a script makes it, its reply parsed as GVariant text."""
+    out = subprocess.run(
+        ["gdbus", "call", "--system", "--dest", "org.aptostree.AptOstree1",
+         "--object-path", "/org/aptostree/AptOstree1/OS/test",
+         "--method", f"org.aptostree.AptOstree1.OS.{method}", *args],
+        env=bus.env(), capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return GLib.Variant.parse(None, out, None, None).unpack()
+
+
+def test_scripts_read_typed_results_with_gdbus(
+    bus: PrivateBus, daemon: Daemon, machine: Machine
+) -> None:
+    assert run_client(bus, "upgrade").returncode == 0
+    (deployments,) = _gdbus(bus, "Status", "{}")
+    assert [d["version"] for d in deployments] == ["1.1", "1.0"]
+    new, old = deployments
+    assert new["checksum"] == machine.served.images.checksum("1.1")
+    assert (new["booted"], new["staged"], new["requested-packages"]) == (False, False, [])
+    assert new["origin"] == "origin:test/os" and new["kernel-arguments"] == ["console=ttyS0"]
+    assert deployments == get_property(bus, "Deployments")
+    (diff,) = _gdbus(bus, "DbDiff", old["checksum"], new["checksum"], "{}")
+    assert (diff["from"], diff["to"]) == (old["checksum"], new["checksum"])
+    [change] = diff["upgraded"]
+    assert (change["name"], change["old-version"], change["new-version"]) == (
+        "hello-aot", "1.0", "1.1",
+    )  # fmt: skip
+    checksum, packages = _gdbus(bus, "DbList", "", "{}")
+    assert checksum == new["checksum"] and ("hello-aot", "1.1") in {p[:2] for p in packages}
+    bad = subprocess.run(
+        ["gdbus", "call", "--system", "--dest", "org.aptostree.AptOstree1",
+         "--object-path", "/org/aptostree/AptOstree1/OS/test",
+         "--method", "org.aptostree.AptOstree1.OS.Upgrade", "{'check': <1>}"],
+        env=bus.env(), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0
+    assert "org.aptostree.AptOstree1.Error.InvalidArgs" in bad.stderr
+    assert "option 'check': expected type 'b'" in bad.stderr

@@ -1,4 +1,5 @@
-"""The verb table: bus calls become the CLI line the worker runs, and bad input is refused."""
+"""The verb table: one request type per verb drives the command line, the bus call and the
+polkit action; what the bus sends is checked as argparse checks the command line."""
 
 from __future__ import annotations
 
@@ -6,87 +7,124 @@ from pathlib import Path
 
 import pytest
 
-from apt_ostree.cli.main import build_parser
-from apt_ostree.daemon.verbs import (
-    BY_METHOD,
-    VERBS,
-    action_of,
-    call_arguments,
-    verb_of,
-    worker_argv,
-)
+from apt_ostree.cli.parser import build_parser, request_of, verb_of
+from apt_ostree.daemon.introspection import interfaces_xml, members
 from apt_ostree.errors import UsageError
-
-SYSROOT = Path("/sysroot")
-
-
-def test_every_served_verb_round_trips_through_the_parser() -> None:
-    parser = build_parser()
-    for verb in VERBS:
-        argv = worker_argv(
-            verb, SYSROOT, "test", ["x" if a.kind == "s" else ["x"] for a in verb.positional], {}
-        )
-        args = parser.parse_args(argv)
-        assert verb_of(args) is verb
-        assert args.sysroot == SYSROOT and args.osname == "test"
+from apt_ostree.system.requests import (
+    SERVED,
+    VERBS,
+    Install,
+    KernelArgs,
+    Kind,
+    Request,
+    Upgrade,
+    from_call,
+    to_call,
+)
 
 
-def test_cli_arguments_become_the_same_cli_line() -> None:
-    parser = build_parser()
-    line = ["kargs", "--append=a=1", "--append=b", "--deploy-index=1", "--unchanged-exit-77"]
-    args = parser.parse_args(line)
+def _parse(*argv: str) -> Request:
+    args = build_parser(list(argv)).parse_args(list(argv))
     verb = verb_of(args)
     assert verb is not None
-    positional, options = call_arguments(verb, args)
-    again = parser.parse_args(worker_argv(verb, SYSROOT, "test", positional, options))
-    for key in ("append", "deploy_index", "unchanged_exit_77"):
-        assert getattr(again, key) == getattr(args, key)
+    return request_of(verb, args)
+
+
+def _example(cls: type[Request]) -> Request:
+    """A request of `cls` with every field set away from its default."""
+    values: dict[str, object] = {}
+    for f in cls.fields():
+        values[f.name] = {Kind.BOOL: True, Kind.STR: "x", Kind.STRS: ("x",), Kind.INT: 0}[f.kind]
+    exclusive = {"cache_only", "disable", "apply_live", "gpg_import", "ed25519_key"}
+    for name in exclusive & set(values):
+        values[name] = None if name in ("gpg_import", "ed25519_key") else False
+    if "remote" in values:
+        values["remote"] = "origin=http://x/"
+    return cls(**values)
+
+
+@pytest.mark.parametrize("cls", [SERVED[m] for m in sorted(SERVED)], ids=sorted(SERVED))
+def test_every_request_round_trips_through_the_bus_call(cls: type[Request]) -> None:
+    request = _example(cls)
+    positional, options = to_call(request)
+    assert from_call(cls, positional, options) == request
+
+
+def test_every_verb_of_the_table_parses_into_its_request() -> None:
+    for verb in VERBS:
+        argv = [*verb.words]
+        for f in verb.request.fields():
+            if f.positional and f.param.nargs in (None, "+"):
+                argv.append("x")
+        if verb.words == ("init",):
+            argv += ["--remote", "o=http://x/", "--no-gpg-verify"]
+        if verb.words == ("cleanup",):
+            argv.append("-p")
+        if verb.words == ("override", "reset"):
+            argv.append("--all")
+        request = _parse(*argv)
+        assert type(request) is verb.request
+
+
+def test_the_bus_methods_are_the_request_types() -> None:
+    os_members = members(interfaces_xml())["org.aptostree.AptOstree1.OS"]
+    methods = {name: sig for kind, name, sig in os_members if kind == "method"}
+    assert set(methods) == {*SERVED, "AutomaticUpdateTrigger"}
+    assert methods["Install"] == "in:as,in:a{sv},out:o"
+    assert methods["Rebase"] == "in:s,in:s,in:a{sv},out:o"
+    assert methods["Status"] == "in:a{sv},out:aa{sv}"
+    assert methods["DbDiff"] == "in:s,in:s,in:a{sv},out:a{sv}"
+    assert methods["DbList"] == "in:s,in:a{sv},out:s,out:a(sss)"
+
+
+def test_cli_flags_become_the_same_request_on_the_bus() -> None:
+    request = _parse("kargs", "--append=a=1", "--append=b", "--deploy-index=1")
+    assert request == KernelArgs(append=("a=1", "b"), deploy_index=1)
+    positional, options = to_call(request)
+    assert options == {"append": ["a=1", "b"], "deploy-index": 1}
+    assert from_call(KernelArgs, positional, options) == request
 
 
 def test_an_integer_option_of_zero_is_passed() -> None:
     # found on a real boot: `kargs --deploy-index=0` reached the worker without the index
-    parser = build_parser()
-    args = parser.parse_args(["kargs", "--append=a", "--deploy-index=0"])
-    verb = verb_of(args)
-    assert verb is not None
-    _, options = call_arguments(verb, args)
+    _, options = to_call(_parse("kargs", "--append=a", "--deploy-index=0"))
     assert options["deploy-index"] == 0
-    again = parser.parse_args(worker_argv(verb, SYSROOT, "test", [], options))
-    assert again.deploy_index == 0
 
 
 def test_local_debs_are_made_absolute_and_need_their_own_action(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    args = build_parser().parse_args(["install", "./x.deb", "hello"])
-    verb = BY_METHOD["Install"]
-    positional, _ = call_arguments(verb, args)
-    assert positional == [[str(tmp_path / "x.deb"), "hello"]]
-    assert action_of(verb, positional) == "install-local-packages"
-    assert action_of(verb, [["hello"]]) == "install-uninstall-packages"
+    request = _parse("install", "./x.deb", "hello")
+    assert request == Install(packages=(str(tmp_path / "x.deb"), "hello"))
+    assert request.polkit_action() == "install-local-packages"
+    assert Install(packages=("hello",)).polkit_action() == "install-uninstall-packages"
 
 
 @pytest.mark.parametrize(
     ("method", "positional", "options", "message"),
     [
         ("Upgrade", [], {"sysroot": "/"}, "unknown option 'sysroot'"),
-        ("Upgrade", [], {"check": 1}, "expected type 'b'"),
+        ("Upgrade", [], {"check": 1}, "option 'check': expected type 'b'"),
+        ("Upgrade", [], {"cache-only": True, "download-only": True}, "exclude each other"),
         ("KernelArgs", [], {"deploy-index": True}, "expected type 'i'"),
         ("KernelArgs", [], {"append": "a"}, "expected type 'as'"),
-        ("DbDiff", ["", "b"], {}, "'from' is empty"),
-        ("Deploy", [], {}, "expected 1 arguments"),
+        ("DbDiff", ["", "b"], {}, "'from_rev' is empty"),
+        ("Deploy", [], {}, "expected 1 arguments, got 0"),
+        ("Cleanup", [], {}, "give at least one of -p, -r, -b, -m"),
+        ("Install", [["a", 1]], {}, "expected type 'as'"),
     ],
 )
 def test_bad_calls_are_refused(
     method: str, positional: list[object], options: dict[str, object], message: str
 ) -> None:
     with pytest.raises(UsageError, match=message):
-        worker_argv(BY_METHOD[method], SYSROOT, "test", positional, options)
+        from_call(SERVED[method], positional, options)
 
 
-def test_positionals_cannot_pass_for_options() -> None:
-    argv = worker_argv(BY_METHOD["Deploy"], SYSROOT, "test", ["--allow-downgrade"], {})
-    assert argv[-2:] == ["--", "--allow-downgrade"]
-    args = build_parser().parse_args(argv)
-    assert args.revision == "--allow-downgrade"
+def test_bad_flag_combinations_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="exclude each other"):
+        _parse("upgrade", "--cache-only", "--download-only")
+    with pytest.raises(UsageError, match="--arg needs --enable"):
+        _parse("initramfs", "--arg", "x")
+    assert _parse("upgrade", "--check") == Upgrade(check=True)

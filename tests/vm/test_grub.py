@@ -13,7 +13,7 @@ import pytest
 
 from apt_ostree import ostree
 from apt_ostree.compose import grub, image
-from apt_ostree.deployments import remove_tree
+from apt_ostree.ostree import remove_sysroot as remove_tree
 from apt_ostree.progress import Progress
 from tests.support import vm
 from tests.support.debian import CACHE

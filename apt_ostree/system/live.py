@@ -19,34 +19,36 @@ overlayfs on /usr whose upper layer lives in /var/tmp, so that it is gone at the
 libostree mounts the overlay in the caller's mount namespace. The daemon's worker runs in a
 private one (and the daemon itself with MountFlags=slave), where the mount would vanish with
 the worker: the unlock is then run by a helper in pid 1's namespace
-(`nsenter --mount=/proc/1/ns/mnt python3 -m apt_ostree.live unlock STATE`).
+(`nsenter --mount=/proc/1/ns/mnt python3 -m apt_ostree.system.live unlock STATE`).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
 import os
 import shutil
 import stat
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from apt_ostree import ostree
 from apt_ostree.accounts import merge_accounts
-from apt_ostree.errors import AptOstreeError, CommandError
-from apt_ostree.pkgdiff import PackageDiff, diff_packages
+from apt_ostree.errors import AptOstreeError, CommandError, LiveError
+from apt_ostree.pkgdiff import diff_packages
 from apt_ostree.run import run
+from apt_ostree.syscalls import SyscallError, make_mounts_slave, remount, unshare_mounts
+from apt_ostree.system.live_state import (
+    LIVE_REF,
+    LiveState,
+    drop_stale_ref,
+    read_state,
+    write_state,
+)
+from apt_ostree.system.requests import ApplyLive, UsrOverlay
+from apt_ostree.system.results import Outcome, PackageDiff
+from apt_ostree.system.sysroot import System
 
-if TYPE_CHECKING:
-    from apt_ostree.deployments import Outcome, SysrootClient
-
-STATE_FILE = Path("/run/apt-ostree/live.json")
-LIVE_REF = "aptostree/live-apply"
 # Always brought up to date when packages are only added: the package database (dpkg, apt,
 # debconf under /usr/lib/sysimage) must describe the live /usr, and the accounts and the
 # linker cache are what the new packages' scripts and triggers changed.
@@ -57,68 +59,22 @@ REFRESHED = (
 )
 SHOWN = 5  # files named in a refusal
 
-CLONE_NEWNS = 0x00020000
-MS_REMOUNT = 0x20
-MS_REC = 0x4000
-MS_SLAVE = 0x80000
-
-
-class LiveError(AptOstreeError):
-    """apply-live or usroverlay was refused or failed."""
-
-    dbus_name = "LiveFailed"
-
-
-@dataclass(frozen=True)
-class LiveState:
-    """What apply-live did on this boot (the JSON of STATE_FILE)."""
-
-    deployment: str  # id of the booted deployment
-    booted: str  # its commit
-    commit: str  # the commit whose /usr is live now
-    replaced: bool  # files were replaced or removed (--allow-replacement)
-
-
-def read_state(booted: ostree.Deployment | None, path: Path = STATE_FILE) -> LiveState | None:
-    """The live state of the booted deployment; None when nothing was applied on this boot."""
-    if booted is None:
-        return None
-    try:
-        state = LiveState(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-    return state if state.deployment == booted.id else None
-
-
-def drop_stale_ref(repo: ostree.Repo, booted: ostree.Deployment | None) -> None:
-    """Delete LIVE_REF unless this boot has a live commit: a ref left by an earlier boot's
-    apply-live would keep its commit from being pruned for good."""
-    if read_state(booted) is None and repo.resolve_ref(LIVE_REF) is not None:
-        repo.set_ref(LIVE_REF, None)
-
-
-def _write_state(state: LiveState, path: Path = STATE_FILE) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(state), indent=2) + "\n")
-    tmp.replace(path)
-
 
 # ---- refusals (nothing is changed before these pass) ----
 
 
-def _booted(client: SysrootClient, verb: str) -> ostree.Deployment:
-    booted = [d for d in client.sysroot.deployments() if d.booted]
+def _booted(system: System, verb: str) -> ostree.Deployment:
+    booted = [d for d in system.sysroot.deployments() if d.booted]
     if not booted:
         raise LiveError(
-            f"{verb} changes the running system: {client.sysroot.path} is not a booted OSTree"
+            f"{verb} changes the running system: {system.sysroot.path} is not a booted OSTree"
             " system (a sysroot in a folder boots nothing)"
         )
     return booted[0]
 
 
-def _pending(client: SysrootClient, booted: ostree.Deployment) -> ostree.Deployment:
-    own = [d for d in client.sysroot.deployments() if d.osname == booted.osname]
+def _pending(system: System, booted: ostree.Deployment) -> ostree.Deployment:
+    own = [d for d in system.sysroot.deployments() if d.osname == booted.osname]
     if not own or own[0] == booted:
         raise LiveError(
             "no pending deployment to apply: install packages (or `apt-ostree install"
@@ -127,8 +83,8 @@ def _pending(client: SysrootClient, booted: ostree.Deployment) -> ostree.Deploym
     return own[0]
 
 
-def _check_base(client: SysrootClient, booted: ostree.Deployment, target: str) -> None:
-    mine, theirs = client.commit(booted.checksum), client.commit(target)
+def _check_base(system: System, booted: ostree.Deployment, target: str) -> None:
+    mine, theirs = system.commit(booted.checksum), system.commit(target)
     if mine.base_checksum != theirs.base_checksum:
         raise LiveError(
             f"the pending deployment is built on base commit {theirs.base_checksum[:12]}, the"
@@ -249,10 +205,6 @@ def etc_changes(diff: ostree.TreeDiff, source: Path, live: Path, *, replace: boo
 # ---- mounts ----
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def _host_namespace() -> bool:
     try:
         return os.readlink("/proc/self/ns/mnt") == os.readlink("/proc/1/ns/mnt")
@@ -260,42 +212,48 @@ def _host_namespace() -> bool:
         return True  # cannot tell: act where we are
 
 
-def _unlock(client: SysrootClient, deployment: ostree.Deployment, state: str) -> None:
+def _unlock(system: System, deployment: ostree.Deployment, state: str) -> None:
     if _host_namespace():
-        client.sysroot.unlock(deployment, state)
+        system.sysroot.unlock(deployment, state)
         return
-    argv = ["nsenter", "--mount=/proc/1/ns/mnt", "--", sys.executable, "-m", "apt_ostree.live"]
+    argv = [
+        "nsenter",
+        "--mount=/proc/1/ns/mnt",
+        "--",
+        sys.executable,
+        "-m",
+        "apt_ostree.system.live",
+    ]
     try:
         run([*argv, "unlock", state])
     except CommandError as e:
         raise LiveError(f"cannot unlock /usr: {e.stderr.strip() or e}") from e
-    client.sysroot.load()
+    system.sysroot.load()
 
 
 def _writable_usr() -> None:
     """/usr writable for this process only: a private mount namespace (slave: nothing we
     mount leaks out) in which the read-only transient overlay is remounted read-write."""
-    libc = _libc()
-    if libc.unshare(CLONE_NEWNS) != 0:
-        raise LiveError(f"cannot make a mount namespace: {os.strerror(ctypes.get_errno())}")
-    libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None)
-    if libc.mount(b"overlay", b"/usr", None, MS_REMOUNT, None) != 0:
-        raise LiveError(f"cannot remount /usr read-write: {os.strerror(ctypes.get_errno())}")
+    try:
+        unshare_mounts()
+        make_mounts_slave()
+        remount("/usr", fstype="overlay", read_only=False)
+    except SyscallError as e:
+        raise LiveError(f"cannot make /usr writable: {e.strerror}") from e
 
 
 # ---- verbs ----
 
 
-def usroverlay(client: SysrootClient, *, hotfix: bool = False) -> Outcome:
-    from apt_ostree.deployments import Outcome
-
-    with client.sysroot.locked():
-        booted = _booted(client, "usroverlay")
+def usroverlay(system: System, request: UsrOverlay) -> Outcome:
+    hotfix = request.hotfix
+    with system.sysroot.locked():
+        booted = _booted(system, "usroverlay")
         if booted.unlocked != "none":
             return Outcome(False, (f"/usr is already unlocked ({booted.unlocked}).",))
         state = "hotfix" if hotfix else "development"
-        with client.progress.step(f"Unlocking {booted.id} ({state})"):
-            _unlock(client, booted, state)
+        with system.progress.step(f"Unlocking {booted.id} ({state})"):
+            _unlock(system, booted, state)
     if hotfix:
         return Outcome(True, ("Hotfix mode: /usr is writable, and stays so across reboots.",))
     return Outcome(
@@ -304,28 +262,27 @@ def usroverlay(client: SysrootClient, *, hotfix: bool = False) -> Outcome:
     )
 
 
-def apply_live(client: SysrootClient, *, allow_replacement: bool = False) -> Outcome:
-    from apt_ostree.deployments import Outcome
-
-    with client.sysroot.locked():
-        booted = _booted(client, "apply-live")
-        pending = _pending(client, booted)
-        _check_base(client, booted, pending.checksum)
+def apply_live(system: System, request: ApplyLive) -> Outcome:
+    allow_replacement = request.allow_replacement
+    with system.sysroot.locked():
+        booted = _booted(system, "apply-live")
+        pending = _pending(system, booted)
+        _check_base(system, booted, pending.checksum)
         live = read_state(booted)
-        drop_stale_ref(client.repo, booted)
+        drop_stale_ref(system.repo, booted)
         source = live.commit if live else booted.checksum
         if source == pending.checksum:
             return Outcome(False, ("No changes to apply: the pending deployment is live.",))
         packages = diff_packages(
-            client.commit(source).packages, client.commit(pending.checksum).packages
+            system.commit(source).packages, system.commit(pending.checksum).packages
         )
-        files = client.repo.diff_commits(source, pending.checksum)
+        files = system.repo.diff_commits(source, pending.checksum)
         if not allow_replacement:
             _check_additions(packages, files)
         replaced = bool(allow_replacement and (files.modified or files.removed))
-        lines = _apply(client, booted, pending, files, replace=allow_replacement)
-        client.repo.set_ref(LIVE_REF, pending.checksum)
-        _write_state(
+        lines = _apply(system, booted, pending, files, replace=allow_replacement)
+        system.repo.set_ref(LIVE_REF, pending.checksum)
+        write_state(
             LiveState(
                 booted.id,
                 booted.checksum,
@@ -345,7 +302,7 @@ def apply_live(client: SysrootClient, *, allow_replacement: bool = False) -> Out
 
 
 def _apply(
-    client: SysrootClient,
+    system: System,
     booted: ostree.Deployment,
     pending: ostree.Deployment,
     files: ostree.TreeDiff,
@@ -354,19 +311,19 @@ def _apply(
 ) -> list[str]:
     root = Path("/")
     if booted.unlocked == "none":
-        with client.progress.step(f"Unlocking {booted.id} (transient)"):
-            _unlock(client, booted, "transient")
+        with system.progress.step(f"Unlocking {booted.id} (transient)"):
+            _unlock(system, booted, "transient")
     _writable_usr()
-    with client.progress.step("Applying the changes to /etc and /usr"):
+    with system.progress.step("Applying the changes to /etc and /usr"):
         etc = etc_changes(files, pending.path, root, replace=replace)
         apply_tree_diff(files, pending.path, root, replace=replace)
         accounts = merge_accounts(root)
     lines = [f"Updated in /etc: {' '.join(etc)}"] if etc else []
     lines += [f"Accounts added to /etc: {' '.join(sorted(set(accounts)))}"] if accounts else []
-    return lines + _services(client, (*files.added, *files.modified))
+    return lines + _services(system, (*files.added, *files.modified))
 
 
-def _services(client: SysrootClient, changed: Iterable[str]) -> list[str]:
+def _services(system: System, changed: Iterable[str]) -> list[str]:
     """Run new tmpfiles.d fragments (their /var content) and reload systemd for new units."""
     paths = list(changed)
     tmpfiles = [
@@ -382,14 +339,14 @@ def _services(client: SysrootClient, changed: Iterable[str]) -> list[str]:
             run(["systemctl", "daemon-reload"])
             lines.append("Reloaded systemd units")
     except CommandError as e:
-        client.progress.message(f"warning: {e}")
+        system.progress.message(f"warning: {e}")
     return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m apt_ostree.live unlock STATE`: libostree's unlock of the booted deployment,
+    """`python -m apt_ostree.system.live unlock STATE`: libostree's unlock of the booted deployment,
     run in pid 1's mount namespace by `_unlock` (the caller holds the sysroot lock)."""
-    p = argparse.ArgumentParser(prog="apt_ostree.live")
+    p = argparse.ArgumentParser(prog="apt_ostree.system.live")
     p.add_argument("action", choices=("unlock",))
     p.add_argument("state", choices=sorted(ostree.UNLOCK_STATES))
     args = p.parse_args(argv)

@@ -1,0 +1,223 @@
+"""What the CLI prints for a result, and the exit code: one renderer, whether the verb ran
+in this process (`--sysroot`) or in apt-ostreed, so the output is the same by construction.
+
+Package diffs use rpm-ostree's block format (`db diff`, `upgrade --preview`), each section only
+when it has entries, entries sorted by name then architecture:
+
+    Upgraded:
+      hello-aot 1.0 -> 1.1
+    Downgraded:
+      libfoo 2.0 -> 1.9
+    Removed:
+      foo-1.0
+    Added:
+      bar-2.0
+
+Names are written `name:arch` (dpkg's spelling) wherever one name appears with several
+architectures among the changes, so each line stays unambiguous. An empty diff renders as the
+single line `No package changes.`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from apt_ostree.system.requests import Request, Upgrade, Verb
+from apt_ostree.system.results import (
+    CommitDiff,
+    DeploymentInfo,
+    Outcome,
+    Package,
+    PackageChange,
+    PackageDiff,
+    PackageList,
+    Result,
+    SearchMatch,
+    StatusResult,
+    diff_to_wire,
+    timestamp_text,
+)
+
+NO_CHANGES = "No package changes."
+EXIT_UNCHANGED = 77
+
+
+def _names(diff: PackageDiff) -> dict[PackageChange, str]:
+    changes = diff.upgraded + diff.downgraded + diff.removed + diff.added
+    counts = Counter(c.name for c in changes)
+    return {c: f"{c.name}:{c.architecture}" if counts[c.name] > 1 else c.name for c in changes}
+
+
+def render_diff(diff: PackageDiff) -> list[str]:
+    """Human lines in rpm-ostree's block format (see the module docstring)."""
+    if diff.is_empty():
+        return [NO_CHANGES]
+    names = _names(diff)
+    lines: list[str] = []
+    for title, changes in (("Upgraded", diff.upgraded), ("Downgraded", diff.downgraded)):
+        if changes:
+            lines.append(f"{title}:")
+            lines += [f"  {names[c]} {c.old_version} -> {c.new_version}" for c in changes]
+    if diff.removed:
+        lines.append("Removed:")
+        lines += [f"  {names[c]}-{c.old_version}" for c in diff.removed]
+    if diff.added:
+        lines.append("Added:")
+        lines += [f"  {names[c]}-{c.new_version}" for c in diff.added]
+    return lines
+
+
+def render_package_list(packages: Iterable[Package]) -> list[str]:
+    """`name version arch` per package, sorted by name, architecture, version."""
+    rows = sorted(packages, key=lambda p: (p[0], p[2], p[1]))
+    return [f"{name} {version} {arch}" for name, version, arch in rows]
+
+
+# ---- status ----
+
+
+def deployment_states(deployments: Sequence[DeploymentInfo]) -> list[str]:
+    """booted, staged, pending (ahead of the booted one), rollback; in a folder sysroot the
+    first deployment is the default and the others are rollbacks."""
+    any_booted = any(d.booted for d in deployments)
+    states, seen = [], False
+    for i, d in enumerate(deployments):
+        seen = seen or d.booted
+        if d.staged or d.booted:
+            states.append("staged" if d.staged else "booted")
+        elif any_booted:
+            states.append("rollback" if seen else "pending")
+        else:
+            states.append("default" if i == 0 else "rollback")
+    return states
+
+
+def _rows(d: DeploymentInfo, *, verbose: bool) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if d.timestamp is not None:
+        rows.append(("Version", f"{d.version or '-'} ({timestamp_text(d.timestamp)})"))
+        if d.base_checksum != d.checksum:
+            rows.append(("BaseCommit", d.base_checksum))
+    rows.append(("Commit", d.checksum))
+    if d.override_commit:
+        rows.append(("Pinned to", d.override_commit))
+    for title, values in (
+        ("LayeredPackages", d.requested_packages),
+        ("LocalPackages", d.requested_local_packages),
+        ("RemovedBasePackages", d.requested_base_removals),
+    ):
+        if values:
+            rows.append((title, " ".join(values)))
+    if d.regenerate_initramfs:
+        rows.append(("Initramfs", "regenerated " + " ".join(d.initramfs_args)))
+    replaced = d.requested_base_replacements + d.requested_base_local_replacements
+    if replaced:
+        rows.append(("ReplacedBasePackages", " ".join(replaced)))
+    if d.pinned:
+        rows.append(("Pinned", "yes"))
+    if d.unlocked != "none":
+        rows.append(("Unlocked", d.unlocked))
+    if d.live_commit is not None:
+        rows.append(
+            ("LiveCommit", d.live_commit + (" (files replaced)" if d.live_replaced else ""))
+        )
+    if verbose:
+        rows += [("OSName", d.osname), ("Id", d.id), ("KernelArgs", " ".join(d.kernel_arguments))]
+        if d.package_count is not None:
+            rows.append(("Packages", str(d.package_count)))
+    return rows
+
+
+def render_status(deployments: Sequence[DeploymentInfo], *, verbose: bool) -> list[str]:
+    lines = ["Deployments:"]
+    for d, state in zip(deployments, deployment_states(deployments), strict=True):
+        mark = "●" if d.booted else " "
+        lines.append(f"{mark} {d.origin or '(unknown origin)'} [{state}]")
+        lines += [f"{k:>21}: {v}" for k, v in _rows(d, verbose=verbose)]
+    return lines
+
+
+def status(result: StatusResult, args: argparse.Namespace) -> int:
+    if args.booted:
+        booted = tuple(d for d in result.deployments if d.booted)
+        result = StatusResult(
+            booted or result.deployments[:1], result.transaction, result.cached_update
+        )
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print("\n".join(render_status(result.deployments, verbose=args.verbose)))
+    return 0
+
+
+# ---- db and search ----
+
+
+def commit_diff(result: CommitDiff, args: argparse.Namespace) -> int:
+    if args.json:
+        doc = {"from": result.from_checksum, "to": result.to_checksum, **diff_to_wire(result.diff)}
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"ostree diff commit from: {result.from_checksum}")
+    print(f"ostree diff commit to:   {result.to_checksum}")
+    print("\n".join(render_diff(result.diff)))
+    return 0
+
+
+def package_list(result: PackageList, words: tuple[str, ...]) -> int:
+    print(f"ostree commit: {result.checksum}")
+    if words == ("db", "version"):
+        dpkg = next((v for n, v, _ in result.packages if n == "dpkg"), "-")
+        print(f"  dpkg database: dpkg {dpkg}, {len(result.packages)} packages")
+        return 0
+    for line in render_package_list(result.packages):
+        print(f"  {line}")
+    return 0
+
+
+def search(matches: Sequence[SearchMatch]) -> int:
+    if not matches:
+        print("No matches.")
+    for m in matches:
+        print(f"{m.name} {m.version}: {m.summary}")
+    return 0
+
+
+# ---- mutating verbs ----
+
+
+def outcome(result: Outcome, *, exit_77: bool) -> int:
+    """The lines and package diff of each step; with `exit_77` and nothing changed by the
+    last step, its lines go to stderr and the exit code is 77."""
+    step: Outcome | None = result
+    while step is not None:
+        if step.then is None and exit_77 and not step.changed:
+            print("\n".join(step.lines), file=sys.stderr)
+            return EXIT_UNCHANGED
+        for line in step.lines:
+            print(line)
+        if step.diff is not None:
+            print("\n".join(render_diff(step.diff)))
+        step = step.then
+    return 0
+
+
+def show(verb: Verb, request: Request, result: Result, args: argparse.Namespace) -> int:
+    """Print `result` of `request`; the exit code."""
+    if isinstance(result, StatusResult):
+        return status(result, args)
+    if isinstance(result, CommitDiff):
+        return commit_diff(result, args)
+    if isinstance(result, PackageList):
+        return package_list(result, verb.words)
+    if isinstance(result, Outcome):
+        exit_77 = bool(getattr(args, "unchanged_exit_77", False))
+        # rpm-ostree: --check and --preview exit 77 when there is no update
+        if isinstance(request, Upgrade) and (request.check or request.preview):
+            exit_77 = True
+        return outcome(result, exit_77=exit_77)
+    return search(result)

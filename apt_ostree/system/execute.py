@@ -1,0 +1,119 @@
+"""`execute`: run one request on a `System` and return its typed result.
+
+The one place where a request meets the function that carries it out; the CLI's `--sysroot`
+mode, apt-ostreed's read-only calls and its transaction worker all come through here, so a
+verb behaves the same whichever of them runs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from apt_ostree.errors import UsageError
+from apt_ostree.run import run
+from apt_ostree.system import live, packages, updates
+from apt_ostree.system.requests import (
+    ApplyLive,
+    AutomaticUpdate,
+    Cleanup,
+    DbDiff,
+    DbList,
+    Deploy,
+    FinalizeDeployment,
+    Initramfs,
+    Install,
+    KernelArgs,
+    OverrideRemove,
+    OverrideReplace,
+    OverrideReset,
+    Rebase,
+    RefreshMd,
+    Request,
+    Reset,
+    Rollback,
+    Search,
+    Status,
+    Uninstall,
+    Upgrade,
+    UsrOverlay,
+)
+from apt_ostree.system.results import Outcome, Result, StatusResult
+from apt_ostree.system.sysroot import System
+
+BOOTED_MARKER = Path("/run/ostree-booted")
+
+
+def execute(system: System, request: Request) -> Result:
+    match request:
+        case Status():
+            return StatusResult(system.status())
+        case Upgrade():
+            return updates.upgrade(system, request)
+        case Deploy():
+            return updates.deploy(system, request)
+        case Rebase():
+            return updates.rebase(system, request)
+        case Rollback():
+            return updates.rollback(system, request)
+        case Cleanup():
+            return updates.cleanup(system, request)
+        case KernelArgs():
+            return updates.kargs(system, request)
+        case FinalizeDeployment():
+            return updates.finalize_deployment(system, request)
+        case AutomaticUpdate():
+            return automatic_update(system, request)
+        case Install():
+            return install(system, request)
+        case Uninstall():
+            return rebooted(packages.uninstall(system, request), request.reboot)
+        case OverrideRemove():
+            return packages.override_remove(system, request)
+        case OverrideReplace():
+            return packages.override_replace(system, request)
+        case OverrideReset():
+            return packages.override_reset(system, request)
+        case Reset():
+            return packages.reset(system, request)
+        case Initramfs():
+            return rebooted(packages.initramfs(system, request), request.reboot)
+        case RefreshMd():
+            return packages.refresh_md(system, request)
+        case Search():
+            return packages.search(system, request)
+        case DbDiff():
+            return packages.db_diff(system, request)
+        case DbList():
+            return packages.db_list(system, request)
+        case ApplyLive():
+            return live.apply_live(system, request)
+        case UsrOverlay():
+            return live.usroverlay(system, request)
+    raise UsageError(f"{request.method} cannot be run here")
+
+
+def install(system: System, request: Install) -> Outcome:
+    """`install`, then with --apply-live the change applied to the running system."""
+    outcome = packages.install(system, request)
+    if request.apply_live:
+        return Outcome(outcome.changed, outcome.lines, outcome.diff, outcome.checksum,
+                       outcome.version, then=live.apply_live(system, ApplyLive()))  # fmt: skip
+    return rebooted(outcome, request.reboot)
+
+
+def automatic_update(system: System, request: AutomaticUpdate) -> Outcome:
+    """AutomaticUpdatePolicy's run: what an update brings (as `upgrade --preview`); with
+    `stage`, then the upgrade itself (staged on a booted system)."""
+    check = updates.upgrade(system, Upgrade(preview=True))
+    if not request.stage or not check.changed:
+        return check
+    staged = updates.upgrade(system, Upgrade())
+    return Outcome(check.changed, check.lines, check.diff, check.checksum, check.version,
+                   then=staged)  # fmt: skip
+
+
+def rebooted(outcome: Outcome, reboot: bool) -> Outcome:
+    """`-r`: reboot into the staged deployment (only on a machine booted from OSTree)."""
+    if reboot and outcome.changed and BOOTED_MARKER.exists():
+        run(["systemctl", "reboot"])
+    return outcome

@@ -1,0 +1,296 @@
+"""One sysroot and stateroot, as the verbs see it: reading deployments and commits, pulling,
+and deploying a base with the origin's layered packages rebuilt on it.
+
+Bus-free and typed: the CLI's `--sysroot` mode and apt-ostreed's worker both construct a
+`System` and hand it to `execute`. Everything that touches deployments goes through
+libostree (`apt_ostree.ostree.Sysroot`): deployments are written by `deploy_tree` +
+`simple_write_deployment` in a folder sysroot and staged by `stage_tree` on a booted system,
+/etc is merged by libostree. Every mutation holds libostree's sysroot lock. Settings (the
+daemon's) and the progress sink are arguments, never module state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from apt_ostree import keys, ostree
+from apt_ostree.accounts import merge_accounts
+from apt_ostree.errors import DeploymentError, StateError, UsageError
+from apt_ostree.layering.build import build as build_layered
+from apt_ostree.origin import Origin, Refspec
+from apt_ostree.pkgdiff import diff_packages
+from apt_ostree.progress import Progress, human_size
+from apt_ostree.system.live_state import drop_stale_ref, read_state
+from apt_ostree.system.results import DeploymentInfo, Package, PackageDiff
+
+BOOTED_MARKER = Path("/run/ostree-booted")
+
+
+def default_sysroot(given: Path | None) -> Path:
+    """`--sysroot`, or / on a machine booted from OSTree."""
+    if given is not None:
+        # absolute: apt's Dir:: settings and bwrap binds made from it must not depend on
+        # the working directory
+        return given.absolute()
+    if BOOTED_MARKER.exists():
+        return Path("/")
+    raise UsageError("this machine is not booted from OSTree: give --sysroot DIR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the daemon's configuration changes in the verbs."""
+
+    # layering also installs the packages' Recommends (apt-ostreed's `Recommends=`)
+    recommends: bool = False
+    # a deploy into a folder sysroot leaves the trees of the deployments it drops, and the
+    # unreachable objects, to `System.run_deferred_cleanup()`: the daemon's worker reports
+    # the result first, then cleans up (a booted machine's staged deployment is cleaned up at
+    # shutdown anyway)
+    defer_cleanup: bool = False
+
+
+@dataclass(frozen=True)
+class CommitSummary:
+    checksum: str
+    version: str | None
+    timestamp: int
+    packages: tuple[Package, ...]
+    base_checksum: str
+
+    @staticmethod
+    def of(info: ostree.CommitInfo) -> CommitSummary:
+        md = info.metadata
+        return CommitSummary(
+            checksum=info.checksum,
+            version=info.version,
+            timestamp=info.timestamp,
+            packages=tuple((str(n), str(v), str(a)) for n, v, a in md.get(keys.PACKAGES, ())),
+            base_checksum=str(md.get(keys.BASE_CHECKSUM, info.checksum)),
+        )
+
+
+def parse_origin(d: ostree.Deployment) -> Origin:
+    try:
+        return Origin.parse(d.origin)
+    except StateError as e:
+        raise StateError(f"deployment {d.id}: {e}") from e
+
+
+class System:
+    """A sysroot (a folder, or /) and one of its stateroots."""
+
+    def __init__(
+        self,
+        path: Path,
+        osname: str | None,
+        progress: Progress,
+        settings: Settings = Settings(),  # noqa: B008 (frozen)
+    ) -> None:
+        self.progress = progress
+        self.settings = settings
+        self.sysroot = ostree.Sysroot(path.absolute())
+        self._osname = osname
+        self._cleanup_due = False
+
+    @property
+    def repo(self) -> ostree.Repo:
+        return self.sysroot.repo
+
+    # ---- reading ----
+
+    def osname(self) -> str:
+        if self._osname:
+            return self._osname
+        deployments = self.sysroot.deployments()
+        booted = [d for d in deployments if d.booted]
+        names = sorted({d.osname for d in deployments})
+        if booted:
+            return booted[0].osname
+        if len(names) == 1:
+            return names[0]
+        raise UsageError(
+            f"the sysroot has {len(names)} stateroots ({', '.join(names) or 'none'}): give --os"
+        )
+
+    def commit(self, checksum: str) -> CommitSummary:
+        return CommitSummary.of(self.repo.read_commit(checksum))
+
+    def info(self, d: ostree.Deployment) -> DeploymentInfo:
+        """A deployment as `status` shows it, from its origin and its commit's metadata."""
+        try:
+            o: Origin | None = Origin.parse(d.origin)
+        except StateError:
+            o = None
+        c = self.commit(d.checksum) if self.repo.has_commit(d.checksum) else None
+        live = read_state(d) if d.booted else None
+        return DeploymentInfo(
+            id=d.id,
+            osname=d.osname,
+            checksum=d.checksum,
+            base_checksum=c.base_checksum if c else d.checksum,
+            version=c.version if c else None,
+            timestamp=c.timestamp if c else None,
+            origin=str(o.refspec) if o else None,
+            override_commit=o.override_commit if o else None,
+            booted=d.booted,
+            staged=d.staged,
+            pinned=d.pinned,
+            unlocked=d.unlocked,
+            live_commit=live.commit if live else None,
+            live_replaced=live.replaced if live else False,
+            requested_packages=o.requested_packages if o else (),
+            requested_local_packages=o.requested_local_packages if o else (),
+            requested_base_removals=o.override_remove if o else (),
+            requested_base_replacements=o.override_replace if o else (),
+            requested_base_local_replacements=o.override_replace_local if o else (),
+            kernel_arguments=d.kargs,
+            regenerate_initramfs=o.regenerate_initramfs if o else False,
+            initramfs_args=o.initramfs_args if o else (),
+            package_count=len(c.packages) if c else None,
+        )
+
+    def status(self) -> tuple[DeploymentInfo, ...]:
+        return tuple(self.info(d) for d in self.sysroot.deployments())
+
+    def own(self) -> list[ostree.Deployment]:
+        """The deployments of our stateroot, in boot order."""
+        name = self.osname()
+        return [d for d in self.sysroot.deployments() if d.osname == name]
+
+    def merge_deployment(self) -> ostree.Deployment:
+        """The deployment whose /etc (and apt sources) a new deployment starts from: the
+        booted one, else the default."""
+        own = self.own()
+        if not own:
+            raise DeploymentError(f"stateroot {self.osname()} has no deployment")
+        booted = [d for d in own if d.booted]
+        return booted[0] if booted else own[0]
+
+    def origin_deployment(self) -> ostree.Deployment:
+        """The deployment whose origin (refspec, requests) and base a change starts from: the
+        default one, so that changes queue up on a pending deployment (an upgrade staged, then
+        a package layered on it) as rpm-ostree's origin merge deployment does; the new
+        deployment's /etc and apt sources still come from `merge_deployment()`."""
+        own = self.own()
+        if not own:
+            raise DeploymentError(f"stateroot {self.osname()} has no deployment")
+        return own[0]
+
+    def package_diff(self, old: str, new: str) -> PackageDiff:
+        return diff_packages(self.commit(old).packages, self.commit(new).packages)
+
+    # ---- pulling ----
+
+    def remote(self, refspec: Refspec) -> str:
+        if refspec.remote is None:
+            raise DeploymentError(
+                f"the origin {refspec} names no remote: use rebase REMOTE:{refspec.ref}"
+            )
+        if refspec.remote not in self.repo.remote_names():
+            raise DeploymentError(f"unknown remote {refspec.remote!r}")
+        return refspec.remote
+
+    def pull(self, remote: str, refs: Sequence[str], *, commit_only: bool = False) -> None:
+        if commit_only:
+            self.repo.pull(remote, refs, commit_only=True)
+            return
+
+        def show(fetched: int, requested: int, done: int, speed: float) -> None:
+            self.progress.live(
+                f"    receiving objects: {fetched}/{requested}, {human_size(done)}"
+                f" at {human_size(speed)}/s"
+            )
+
+        with self.progress.step(f"Pulling {' '.join(refs)} from {remote}"):
+            stats = self.repo.pull(remote, refs, on_progress=show)
+            self.progress.live(
+                f"    received {stats.fetched_objects} objects, "
+                f"{human_size(stats.bytes_transferred)} in {stats.seconds:.1f} s"
+                + (f" ({stats.delta_parts} delta parts)" if stats.delta_parts else ""),
+                final=True,
+            )
+
+    def fetch_ref(self, refspec: Refspec, *, commit_only: bool) -> str:
+        """Pull the ref (or only its commit object) and return its checksum."""
+        remote = self.remote(refspec)
+        self.pull(remote, [refspec.ref], commit_only=commit_only)
+        checksum = self.repo.resolve_ref(f"{remote}:{refspec.ref}")
+        if checksum is None:
+            raise DeploymentError(f"{refspec} did not resolve after the pull")
+        return checksum
+
+    def fetch_commit(self, refspec: Refspec, checksum: str) -> None:
+        """Have the whole tree of `checksum` (from refspec's remote when it is missing)."""
+        if self.repo.has_commit(checksum) and not self.repo.commit_is_partial(checksum):
+            return
+        self.pull(self.remote(refspec), [checksum])
+
+    # ---- deploying ----
+
+    def deploy(
+        self,
+        base: str,
+        origin: Origin,
+        merge: ostree.Deployment,
+        *,
+        kargs: Sequence[str] | None = None,
+        relayer: bool = True,
+        allow_inactive: bool = True,
+    ) -> str:
+        """Deploy `base` plus the origin's layered packages and overrides (rebuilt from the
+        pristine base, never from the current deployment); return the deployed commit."""
+        checksum = base
+        if relayer:
+            checksum, _ = build_layered(
+                self.sysroot,
+                self.osname(),
+                base,
+                origin,
+                deployment=merge.path,
+                progress=self.progress,
+                allow_inactive=allow_inactive,
+                recommends=self.settings.recommends,
+            )
+        stage = self.sysroot.is_booted()
+        if stage:  # after a reboot, apply-live's ref only pins an old commit
+            drop_stale_ref(
+                self.repo, next((d for d in self.sysroot.deployments() if d.booted), None)
+            )
+        defer = self.settings.defer_cleanup and not stage
+        with self.progress.step(f"{'Staging' if stage else 'Deploying'} {checksum[:12]}"):
+            root = self.sysroot.deploy(
+                self.osname(),
+                checksum,
+                origin.to_text(),
+                merge=merge,
+                kargs=kargs if kargs is not None else merge.kargs,
+                stage=stage,
+                clean=not defer,
+            )
+            self._cleanup_due = self._cleanup_due or defer
+            if root is not None:
+                added = merge_accounts(root)
+                if added:
+                    self.progress.message(
+                        f"    accounts added to /etc: {' '.join(sorted(set(added)))}"
+                    )
+        return checksum
+
+    def deployed_lines(self, new: str) -> tuple[str, ...]:
+        c = self.commit(new)
+        verb = "Staged" if self.sysroot.is_booted() else "Deployed"
+        where = " (run `systemctl reboot` to start it)" if self.sysroot.is_booted() else ""
+        return (f"{verb} {new} (version {c.version or '-'}){where}",)
+
+    def run_deferred_cleanup(self, progress: Progress) -> None:
+        """The cleanup `Settings.defer_cleanup` left; a sysroot locked by another process is
+        left for its own next cleanup (libostree removes any tree that is not a deployment)."""
+        if not self._cleanup_due:
+            return
+        self._cleanup_due = False
+        sysroot = ostree.Sysroot(self.sysroot.path)
+        with progress.step("Removing dropped deployments and pruning"), sysroot.locked():
+            sysroot.cleanup()

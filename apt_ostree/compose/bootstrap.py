@@ -74,7 +74,8 @@ def mmdebstrap_argv(target: Path, inp: BootstrapInput) -> list[str]:
 def bootstrap_env(inp: BootstrapInput) -> Mapping[str, str]:
     env = {
         # The kernel's postinst must not build an initramfs into /boot: compose builds
-        # one with dracut into /usr/lib/modules (see shared/notes/booting.md).
+        # one with dracut into /usr/lib/modules (compose/initramfs.py), where libostree
+        # looks for it.
         "INITRD": "No",
     }
     if inp.source_date_epoch is not None:

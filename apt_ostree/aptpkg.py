@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from apt.progress.base import AcquireProgress
 
 from apt_ostree.errors import PackageError
 from apt_ostree.progress import Progress
-from apt_ostree.treefile import RepoEntry, Variant
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,16 @@ def host_codename() -> str:
 
 # ---------------------------------------------------------------------------------------------
 # sources
+
+
+@dataclass(frozen=True)
+class RepoEntry:
+    """One deb822-style apt source (of a treefile, a tree or the host)."""
+
+    uris: tuple[str, ...]
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+    signed_by: str | None = None
 
 
 def render_sources(entries: Iterable[RepoEntry]) -> str:
@@ -186,6 +196,18 @@ def render_extended_states(packages: Sequence[ResolvedPackage]) -> str:
         for p in sorted(packages, key=lambda p: (p.name, p.architecture))
         if p.auto
     )
+
+
+class Variant(StrEnum):
+    """The base package set, named as mmdebstrap's variants."""
+
+    CUSTOM = "custom"  # only `packages`
+    ESSENTIAL = "essential"  # Essential: yes
+    APT = "apt"  # essential + apt
+    REQUIRED = "required"  # essential + Priority: required + apt
+    MINBASE = "minbase"  # the same as required, debootstrap's name
+    IMPORTANT = "important"  # required + Priority: important
+    STANDARD = "standard"  # important + Priority: standard
 
 
 @dataclass(frozen=True)

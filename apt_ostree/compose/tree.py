@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from apt_ostree import aptpkg, keys, ostree
-from apt_ostree.aptpkg import AptRoot, Request, ResolvedPackage
+from apt_ostree.aptpkg import AptRoot, RepoEntry, Request, ResolvedPackage
 from apt_ostree.compose import lockfile
 from apt_ostree.compose.bootstrap import BootstrapInput, bootstrap
 from apt_ostree.compose.postprocess import PostprocessOptions, postprocess, shipped_digest
 from apt_ostree.errors import AptOstreeError, RepoError
 from apt_ostree.progress import Progress
 from apt_ostree.run import unmount_under
-from apt_ostree.treefile import RepoEntry, Treefile
+from apt_ostree.treefile import Treefile
 
 DEFAULT_CACHEDIR = Path("/var/cache/apt-ostree/compose")
 

@@ -34,12 +34,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from apt_ostree import aptpkg
-from apt_ostree.aptpkg import AptRoot, LayerMarks, LocalDeb
+from apt_ostree.aptpkg import AptRoot, LayerMarks, LocalDeb, RepoEntry
 from apt_ostree.errors import CommandError, PackageError
 from apt_ostree.layering import LayerPlan, LayerRequest, PlannedDeb
 from apt_ostree.progress import Progress
 from apt_ostree.run import run
-from apt_ostree.treefile import RepoEntry
 
 LISTS_MAX_AGE = 6 * 3600  # seconds: package lists younger than this are used as they are
 

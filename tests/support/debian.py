@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from apt_ostree import aptpkg
-from apt_ostree.aptpkg import AptRoot, Request
+from apt_ostree.aptpkg import AptRoot, Request, Variant
 from apt_ostree.progress import Progress
-from apt_ostree.treefile import Variant
 
 SUITE = "bookworm"
 CACHE = Path(os.environ.get("APT_OSTREE_TEST_CACHE", "/var/cache/apt-ostree-tests"))

@@ -19,8 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from apt_ostree import aptpkg, keys, ostree
+from apt_ostree import keys, ostree
 from apt_ostree.accounts import merge_accounts
+from apt_ostree.aptpkg.dpkg import version_compare
 from apt_ostree.errors import (
     AptOstreeError,
     CommandError,
@@ -424,7 +425,7 @@ class SysrootClient:
                 return True
             checksum = ostree.read_commit(self.repo, checksum).parent
         if new.version and current.version:
-            return aptpkg.version_compare(new.version, current.version) < 0
+            return version_compare(new.version, current.version) < 0
         return False
 
     def _find_version(self, refspec: Refspec, version: str) -> str:

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from apt_ostree.aptpkg import version_compare
+from apt_ostree.aptpkg.dpkg import version_compare
 
 NO_CHANGES = "No package changes."
 

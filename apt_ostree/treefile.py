@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
-from apt_ostree.aptpkg import RepoEntry, Variant, native_architecture
+from apt_ostree.aptpkg.host import native_architecture
+from apt_ostree.aptpkg.resolve import Variant
+from apt_ostree.aptpkg.sources import RepoEntry
 from apt_ostree.errors import TreefileError
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from apt_ostree import treefile
-from apt_ostree.aptpkg import Variant
+from apt_ostree.aptpkg.resolve import Variant
 from apt_ostree.errors import TreefileError
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from apt_ostree.aptpkg import version_compare
+from apt_ostree.aptpkg.dpkg import version_compare
 from apt_ostree.system.results import Package, PackageChange, PackageDiff
 
 

@@ -13,35 +13,15 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from apt_ostree.aptpkg.host import native_architecture
+from apt_ostree.aptpkg.resolve import Variant
+from apt_ostree.aptpkg.sources import RepoEntry
 from apt_ostree.errors import TreefileError
-
-
-class Variant(StrEnum):
-    """The base package set, named as mmdebstrap's variants."""
-
-    CUSTOM = "custom"  # only `packages`
-    ESSENTIAL = "essential"  # Essential: yes
-    APT = "apt"  # essential + apt
-    REQUIRED = "required"  # essential + Priority: required + apt
-    MINBASE = "minbase"  # the same as required, debootstrap's name
-    IMPORTANT = "important"  # required + Priority: important
-    STANDARD = "standard"  # important + Priority: standard
-
-
-@dataclass(frozen=True)
-class RepoEntry:
-    """One deb822-style apt source of a treefile."""
-
-    uris: tuple[str, ...]
-    suites: tuple[str, ...]
-    components: tuple[str, ...]
-    signed_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -282,8 +262,6 @@ def _check_values(path: Path, data: Mapping[str, Any]) -> None:
 
 def builtin_variables() -> dict[str, str]:
     """Variables every treefile may use without defining them."""
-    from apt_ostree.aptpkg import native_architecture
-
     return {"basearch": native_architecture()}
 
 

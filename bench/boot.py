@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from apt_ostree import aptpkg, keys, ostree
+from apt_ostree import keys, ostree
+from apt_ostree.aptpkg.sources import read_host_sources, render_sources
 from apt_ostree.compose import image
 from apt_ostree.progress import Progress, human_size
 from bench.common import APT_OSTREE, ROOT, machine_line, timed, write_section
@@ -63,7 +64,7 @@ def _include(packages: list[tuple[str, str, str]]) -> str:
 
 def _bootstrap(work: Path, packages: list[tuple[str, str, str]]) -> Path:
     sources = work / "host.sources"
-    sources.write_text(aptpkg.render_sources(aptpkg.read_host_sources("bookworm")))
+    sources.write_text(render_sources(read_host_sources("bookworm")))
     rootfs = work / "plain-rootfs"
     timed(
         "baseline mmdebstrap",

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from apt_ostree import aptpkg
+from apt_ostree.aptpkg.sources import read_host_sources, render_sources
 from bench.common import APT_OSTREE, ROOT, Timing, machine_line, timed, write_section
 
 EPOCH = {"SOURCE_DATE_EPOCH": "1700000000"}
@@ -51,7 +51,7 @@ def resolved_set(treefile: Path, cache: Path) -> list[str]:
 
 def baseline(work: Path, packages: list[str], suite: str) -> float:
     sources = work / "host.sources"
-    sources.write_text(aptpkg.render_sources(aptpkg.read_host_sources(suite)))
+    sources.write_text(render_sources(read_host_sources(suite)))
     rootfs, repo = work / "baseline-rootfs", work / "baseline-repo"
     t1 = timed(
         "baseline mmdebstrap",

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from apt_ostree import aptpkg
+from apt_ostree.aptpkg.sources import read_host_sources
 from apt_ostree.ostree import remove_sysroot as remove_tree
 from bench.common import APT_OSTREE, ROOT, machine_line, timed, write_section
 from tests.support.aptrepo import AptRepo
@@ -109,7 +109,7 @@ def write_treefile(work: Path, apt: AptRepo) -> Path:
             "components": list(e.components),
             "signed-by": e.signed_by,
         }
-        for e in aptpkg.read_host_sources(SUITE)
+        for e in read_host_sources(SUITE)
     ]
     repos.append(
         {

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from apt_ostree import treefile
+from apt_ostree.aptpkg.resolve import Variant
 from apt_ostree.errors import TreefileError
-from apt_ostree.treefile import Variant
 
 
 def write(path: Path, text: str) -> Path:

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from apt_ostree.aptpkg import ResolvedPackage, render_extended_states
+from apt_ostree.aptpkg.dpkg import render_extended_states
+from apt_ostree.aptpkg.root import ResolvedPackage
 from apt_ostree.progress import Progress
 from apt_ostree.run import run_streaming
 

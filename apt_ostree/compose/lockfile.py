@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from apt_ostree.aptpkg import ResolvedPackage
+from apt_ostree.aptpkg.root import ResolvedPackage
 from apt_ostree.errors import TreefileError
 
 

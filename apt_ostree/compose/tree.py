@@ -22,15 +22,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from apt_ostree import aptpkg, keys, ostree
-from apt_ostree.aptpkg import AptRoot, Request, ResolvedPackage
+from apt_ostree import keys, ostree
+from apt_ostree.aptpkg.dpkg import installed_packages
+from apt_ostree.aptpkg.host import host_codename, native_architecture
+from apt_ostree.aptpkg.resolve import Request, resolve
+from apt_ostree.aptpkg.root import AptRoot, ResolvedPackage
+from apt_ostree.aptpkg.sources import RepoEntry, read_host_sources, sources_key
 from apt_ostree.compose import lockfile
 from apt_ostree.compose.bootstrap import BootstrapInput, bootstrap
 from apt_ostree.compose.postprocess import PostprocessOptions, postprocess, shipped_digest
 from apt_ostree.errors import AptOstreeError, RepoError
 from apt_ostree.progress import Progress
 from apt_ostree.run import unmount_under
-from apt_ostree.treefile import RepoEntry, Treefile
+from apt_ostree.treefile import Treefile
 
 DEFAULT_CACHEDIR = Path("/var/cache/apt-ostree/compose")
 
@@ -85,10 +89,10 @@ def source_date_epoch_from_env() -> int | None:
 
 def image_repos(treefile: Treefile) -> tuple[str, tuple[RepoEntry, ...]]:
     """The suite and apt sources an image is composed from (the host's when none are given)."""
-    suite = treefile.suite or aptpkg.host_codename()
+    suite = treefile.suite or host_codename()
     if treefile.repos is not None:
         return suite, treefile.repos
-    return suite, tuple(aptpkg.read_host_sources(suite))
+    return suite, tuple(read_host_sources(suite))
 
 
 def input_hash(treefile: Treefile, packages: Sequence[ResolvedPackage]) -> str:
@@ -172,9 +176,9 @@ def remove_stale_workdirs(cachedir: Path) -> list[Path]:
 
 
 def _apt_root(cachedir: Path, suite: str, repos: Sequence[RepoEntry]) -> AptRoot:
-    arch = aptpkg.native_architecture()
+    arch = native_architecture()
     return AptRoot(
-        cachedir / "apt" / aptpkg.sources_key(repos, arch),
+        cachedir / "apt" / sources_key(repos, arch),
         repos,
         archives=cachedir / "archives",
         architecture=arch,
@@ -196,7 +200,7 @@ def _resolve(
     with progress.step("Updating package indices"):
         apt.update(progress)
     with progress.step("Resolving packages"):
-        packages = apt.resolve(request)
+        packages = resolve(apt, request)
         progress.message(f"    {len(packages)} packages")
     return packages
 
@@ -347,7 +351,7 @@ def static_delta_for_ref(
 
 def tree_packages(rootfs: Path) -> list[tuple[str, str, str]]:
     """The packages installed in a postprocessed tree, from its own dpkg database."""
-    return aptpkg.installed_packages(rootfs / "usr/lib/sysimage/dpkg/status")
+    return installed_packages(rootfs / "usr/lib/sysimage/dpkg/status")
 
 
 def _commit(

@@ -58,7 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apt_ostree import aptpkg, keys, ostree
+from apt_ostree import keys, ostree
+from apt_ostree.aptpkg.dpkg import auto_installed_entry, installed_packages
 from apt_ostree.compose import postprocess
 from apt_ostree.errors import AptOstreeError, CommandError, LayeringError
 from apt_ostree.layering import LayerPlan, PlannedDeb
@@ -198,9 +199,7 @@ def _update_extended_states(root: Path, plan: LayerPlan) -> None:
     entries = {k: v for k, v in entries.items() if k[0] not in removed}
     for deb in plan.install:
         if deb.auto and (deb.name, deb.architecture) not in entries:
-            entries[deb.name, deb.architecture] = aptpkg.auto_installed_entry(
-                deb.name, deb.architecture
-            )
+            entries[deb.name, deb.architecture] = auto_installed_entry(deb.name, deb.architecture)
     new = "".join(entries[k] + "\n" for k in sorted(entries))
     if new != text:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -698,7 +697,7 @@ def _translate(layer: _Layer) -> None:
 def _packages(layer: _Layer) -> list[tuple[str, str, str]]:
     rel = ADMINDIR.lstrip("/") + "/status"
     status = layer.upper / rel if (layer.upper / rel).exists() else layer.lower / rel
-    return aptpkg.installed_packages(status)
+    return installed_packages(status)
 
 
 def _subject(plan: LayerPlan) -> str:

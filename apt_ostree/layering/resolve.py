@@ -10,7 +10,7 @@ image's /usr/etc) and the base's dpkg status, in a scratch apt root under the ca
 - The base is held: the scratch root's dpkg status is the base's with every package on hold,
   so apt never upgrades, downgrades or removes a base package by itself. `override remove`
   and `override replace` mark base packages explicitly; everything else that would need a
-  base change fails naming the base packages involved (see `aptpkg._LayerResolver`).
+  base change fails naming the base packages involved (see `aptpkg.layer`).
 - Local .debs (`requested-local`, `replace-local`) are checked by dpkg-deb (control fields,
   and the whole data member), then published as a flat `file:` repository inside the scratch
   root (Packages written from their control fields, no external tool), so apt resolves their
@@ -33,13 +33,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from apt_ostree import aptpkg
-from apt_ostree.aptpkg import AptRoot, LayerMarks, LocalDeb
+from apt_ostree.aptpkg.dpkg import installed_packages
+from apt_ostree.aptpkg.host import native_architecture
+from apt_ostree.aptpkg.layer import LayerMarks, LayerResolution, resolve_layer
+from apt_ostree.aptpkg.local import LocalDeb
+from apt_ostree.aptpkg.root import AptRoot
+from apt_ostree.aptpkg.sources import RepoEntry, read_sources, render_sources
 from apt_ostree.errors import CommandError, PackageError
 from apt_ostree.layering import LayerPlan, LayerRequest, PlannedDeb
 from apt_ostree.progress import Progress
 from apt_ostree.run import run
-from apt_ostree.treefile import RepoEntry
 
 LISTS_MAX_AGE = 6 * 3600  # seconds: package lists younger than this are used as they are
 
@@ -70,7 +73,7 @@ def read_tree(root: Path, keys: Path) -> BaseTree:
     if not status.is_file():
         raise PackageError(f"{root} is not a base tree: it has no {STATUS}")
     etc = apt_etc(root)
-    entries = aptpkg.read_sources(etc / "sources.list", etc / "sources.list.d")
+    entries = read_sources(etc / "sources.list", etc / "sources.list.d")
     repos = tuple(replace(e, signed_by=_signed_by(e.signed_by, root, keys, etc)) for e in entries)
     trusted = [etc / "trusted.gpg"] if (etc / "trusted.gpg").is_file() else []
     if (etc / "trusted.gpg.d").is_dir():
@@ -112,15 +115,15 @@ def tree_architecture(root: Path) -> str:
     arch = root / ARCH
     if arch.is_file() and (names := arch.read_text().split()):
         return names[0]
-    counts = Counter(a for _, _, a in aptpkg.installed_packages(root / STATUS) if a != "all")
+    counts = Counter(a for _, _, a in installed_packages(root / STATUS) if a != "all")
     counts.pop("", None)
-    return counts.most_common(1)[0][0] if counts else aptpkg.native_architecture()
+    return counts.most_common(1)[0][0] if counts else native_architecture()
 
 
 def _apt_root(tree: BaseTree, cachedir: Path) -> AptRoot:
     digests = [hashlib.sha256(k.read_bytes()).hexdigest() for k in tree.trusted]
     archs = " ".join((tree.architecture, *tree.foreign))
-    text = "\n".join([aptpkg.render_sources(tree.repos), archs, *digests])
+    text = "\n".join([render_sources(tree.repos), archs, *digests])
     return AptRoot(
         cachedir / "apt" / hashlib.sha256(text.encode()).hexdigest()[:16],
         tree.repos,
@@ -232,9 +235,9 @@ def plan_layer(
 
 def _resolve_and_fetch(
     apt: AptRoot, marks: LayerMarks, progress: Progress
-) -> tuple[aptpkg.LayerResolution, list[Path]]:
+) -> tuple[LayerResolution, list[Path]]:
     with progress.step("Resolving packages"):
-        resolution = apt.resolve_layer(marks)
+        resolution = resolve_layer(apt, marks)
     paths: list[Path] = []
     if resolution.install:
         with progress.step("Downloading packages"):

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from apt_ostree import ostree
-from apt_ostree.aptpkg import version_compare
+from apt_ostree.aptpkg.dpkg import version_compare
 from apt_ostree.errors import DeploymentError, UsageError
 from apt_ostree.layering.build import remove_base_trees
 from apt_ostree.origin import CHECKSUM_RE, Origin, Refspec

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from apt_ostree import aptpkg
+from apt_ostree.aptpkg.sources import read_host_sources, render_sources
 from apt_ostree.compose import initramfs
 from apt_ostree.compose.postprocess import (
     SYSIMAGE_CONF,
@@ -85,7 +85,7 @@ def fake_tree(root: Path) -> Path:
 
 def write_sources(path: Path) -> Path:
     """The host's bookworm entries (bookworm, -updates, -security), as deb822."""
-    path.write_text(aptpkg.render_sources(aptpkg.read_host_sources(SUITE)))
+    path.write_text(render_sources(read_host_sources(SUITE)))
     return path
 
 

@@ -12,20 +12,21 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from apt_ostree import aptpkg
-from apt_ostree.aptpkg import AptRoot, Request
+from apt_ostree.aptpkg.host import native_architecture
+from apt_ostree.aptpkg.resolve import Request, Variant, resolve
+from apt_ostree.aptpkg.root import AptRoot
+from apt_ostree.aptpkg.sources import read_host_sources, sources_key
 from apt_ostree.progress import Progress
-from apt_ostree.treefile import Variant
 
 SUITE = "bookworm"
 CACHE = Path(os.environ.get("APT_OSTREE_TEST_CACHE", "/var/cache/apt-ostree-tests"))
 
 
 def host_apt_root(cache: Path = CACHE) -> AptRoot:
-    repos = aptpkg.read_host_sources(SUITE)
-    arch = aptpkg.native_architecture()
+    repos = read_host_sources(SUITE)
+    arch = native_architecture()
     return AptRoot(
-        cache / "apt" / aptpkg.sources_key(repos, arch),
+        cache / "apt" / sources_key(repos, arch),
         repos,
         archives=cache / "archives",
         architecture=arch,
@@ -38,5 +39,5 @@ def fetch_debian_debs(
     """Resolve `variant` + `packages` against the host's sources and download the closure."""
     apt = host_apt_root(cache)
     apt.update(Progress())
-    resolved = apt.resolve(Request(variant=variant, packages=tuple(packages), suite=SUITE))
+    resolved = resolve(apt, Request(variant=variant, packages=tuple(packages), suite=SUITE))
     return apt.download(resolved, Progress())

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from apt_ostree import aptpkg, ostree
+from apt_ostree import ostree
+from apt_ostree.aptpkg.sources import read_host_sources
 from apt_ostree.compose import image
 from apt_ostree.progress import Progress
 from tests.support import vm
@@ -113,7 +114,7 @@ def apt_ostree_treefile(folder: Path, debs: AptRepo) -> Path:
     host = [
         {"uris": list(e.uris), "suites": list(e.suites), "components": list(e.components),
          "signed-by": e.signed_by}
-        for e in aptpkg.read_host_sources(SUITE)
+        for e in read_host_sources(SUITE)
     ]  # fmt: skip
     ours = {"uris": debs.file_uri, "suites": debs.suite, "components": debs.component,
             "signed-by": str(folder / "keyring.gpg")}  # fmt: skip

@@ -263,11 +263,9 @@ def _overlay(lower: Path, upper: Path, work: Path, merged: Path) -> Iterator[Non
 
 def _unmount(path: Path) -> None:
     for _ in range(20):
-        try:
-            run(["umount", path], what=f"unmounting {path}")
+        if run(["umount", path], check=False).returncode == 0:
             return
-        except CommandError:
-            time.sleep(0.25)  # the sandbox's last processes are still exiting
+        time.sleep(0.25)  # the sandbox's last processes are still exiting
     # Detach it: nothing can reach the files through `path` any more.
     run(["umount", "--lazy", path], what=f"unmounting {path}")
 

@@ -46,6 +46,8 @@ POLKIT_BUS_NAME = "org.freedesktop.PolicyKit1"
 POLKIT_AUTHORITY_PATH = "/org/freedesktop/PolicyKit1/Authority"
 POLKIT_AUTHORITY_INTERFACE = "org.freedesktop.PolicyKit1.Authority"
 DAEMON_CONFIG = "/etc/apt-ostreed.conf"
+# libostree's mark of a machine booted from OSTree (ostree-prepare-root makes it)
+BOOTED_MARKER = "/run/ostree-booted"
 
 
 def polkit_action(name: str) -> str:

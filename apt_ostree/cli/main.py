@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from apt_ostree import keys
 from apt_ostree.cli import render
 from apt_ostree.cli.parser import build_parser, request_of, verb_of
 from apt_ostree.daemon.client import DaemonClient
@@ -36,7 +37,6 @@ from apt_ostree.system.results import Result
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNCHANGED = 77
-BOOTED_MARKER = Path("/run/ostree-booted")
 
 
 def _in_process() -> None:
@@ -61,7 +61,7 @@ def _daemon(args: argparse.Namespace, request: Request) -> DaemonClient | None:
     if args.sysroot is not None or not request.served:
         return None
     client = DaemonClient.connect()
-    if client is None and BOOTED_MARKER.exists():
+    if client is None and Path(keys.BOOTED_MARKER).exists():
         raise DaemonUnreachable(UNREACHABLE)
     return client
 

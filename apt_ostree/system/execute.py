@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from apt_ostree import keys
 from apt_ostree.errors import UsageError
 from apt_ostree.run import run
 from apt_ostree.system import live, packages, updates
@@ -39,8 +40,6 @@ from apt_ostree.system.requests import (
 )
 from apt_ostree.system.results import Outcome, Result, StatusResult
 from apt_ostree.system.sysroot import System
-
-BOOTED_MARKER = Path("/run/ostree-booted")
 
 
 def execute(system: System, request: Request) -> Result:
@@ -114,6 +113,6 @@ def automatic_update(system: System, request: AutomaticUpdate) -> Outcome:
 
 def rebooted(outcome: Outcome, reboot: bool) -> Outcome:
     """`-r`: reboot into the staged deployment (only on a machine booted from OSTree)."""
-    if reboot and outcome.changed and BOOTED_MARKER.exists():
+    if reboot and outcome.changed and Path(keys.BOOTED_MARKER).exists():
         run(["systemctl", "reboot"])
     return outcome

@@ -467,7 +467,7 @@ def to_call(request: Request) -> tuple[list[Any], dict[str, Any]]:
         value = getattr(request, f.name)
         if f.positional:
             positional.append(_bus_value(f, value))
-        elif value != defaults[f.name] or (f.kind is Kind.INT and value is not None):
+        elif value != defaults[f.name]:  # 0 != None: --deploy-index=0 is sent
             options[f.key] = _bus_value(f, value)
     return positional, options
 
@@ -488,6 +488,8 @@ def _checked(f: Field, value: Any, where: str) -> Any:
         ok = all(isinstance(v, str) for v in value)
     if not ok:
         raise UsageError(f"{where} {f.key!r}: expected type {f.kind.value!r}")
+    if f.positional and not value and f.param.nargs in (None, "+"):
+        raise UsageError(f"{where} {f.key!r}: must not be empty")
     if f.kind is Kind.STRS:
         return tuple(value)
     if f.kind is Kind.STR and value == "" and f.param.nargs == "?":

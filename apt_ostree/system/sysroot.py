@@ -25,8 +25,6 @@ from apt_ostree.progress import Progress, human_size
 from apt_ostree.system.live_state import drop_stale_ref, read_state
 from apt_ostree.system.results import DeploymentInfo, Package, PackageDiff
 
-BOOTED_MARKER = Path("/run/ostree-booted")
-
 
 def default_sysroot(given: Path | None) -> Path:
     """`--sysroot`, or / on a machine booted from OSTree."""
@@ -34,7 +32,7 @@ def default_sysroot(given: Path | None) -> Path:
         # absolute: apt's Dir:: settings and bwrap binds made from it must not depend on
         # the working directory
         return given.absolute()
-    if BOOTED_MARKER.exists():
+    if Path(keys.BOOTED_MARKER).exists():
         return Path("/")
     raise UsageError("this machine is not booted from OSTree: give --sysroot DIR")
 

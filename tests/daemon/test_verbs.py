@@ -113,6 +113,8 @@ def test_local_debs_are_made_absolute_and_need_their_own_action(
         ("Deploy", [], {}, "expected 1 arguments, got 0"),
         ("Cleanup", [], {}, "give at least one of -p, -r, -b, -m"),
         ("Install", [["a", 1]], {}, "expected type 'as'"),
+        ("Install", [[]], {}, "argument 'packages': must not be empty"),
+        ("Deploy", [""], {}, "argument 'revision': must not be empty"),
     ],
 )
 def test_bad_calls_are_refused(

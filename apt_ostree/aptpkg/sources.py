@@ -1,7 +1,19 @@
 """apt sources: the `RepoEntry` of a treefile or a tree, read from sources files and rendered.
 
-A tree's sources are read as apt reads them (one-line `*.list` and deb822 `*.sources`); what
-a scratch root is given is always deb822, with inline keys in place.
+A tree's sources are read as apt reads them: one-line `*.list` files with python3-apt's
+parser (`aptsources.sourceslist.SourceEntry`: comments, disabled lines, trailing `# ...`),
+deb822 `*.sources` with apt's own tag file parser. What a scratch root is given is always
+deb822, with inline keys in place.
+
+The host's sources (`read_host_sources`, for a treefile without `repos`) are taken as a stock
+Debian machine has them:
+- without `Signed-By`, an entry is verified with the keys apt itself trusts for it
+  (`/etc/apt/trusted.gpg` and `trusted.gpg.d`), or for Debian's own archive with Debian's
+  archive keyring; with neither, the error names the file and line;
+- a suite the host does not name (`suite: trixie` on a bookworm host) reuses the host's
+  entries for Debian's archive with the release part of each suite replaced (`bookworm`,
+  `bookworm-updates`, `bookworm-security` -> `trixie`, `trixie-updates`, `trixie-security`):
+  the same mirror, and Debian's keyring, which carries the keys of the next releases too.
 """
 
 from __future__ import annotations
@@ -9,15 +21,49 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import apt_pkg
+from aptsources.sourceslist import SourceEntry
 
-from apt_ostree.aptpkg.host import init
+from apt_ostree.aptpkg.host import host_codename, init
 from apt_ostree.errors import PackageError
 
-HOST_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
+# the names of Debian's releases, and the aliases of its suites: what makes an entry one of
+# Debian's own archive (its security archive included)
+DEBIAN_RELEASES = frozenset(
+    {"buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid"}
+    | {"oldoldstable", "oldstable", "stable", "testing", "unstable", "experimental"}
+)
+
+
+@dataclass(frozen=True)
+class HostApt:
+    """Where a machine keeps its apt sources and the keys apt trusts (this one's by default;
+    a test gives a folder)."""
+
+    root: Path = Path("/")
+    codename: str | None = None  # its Debian release (default: /etc/os-release's)
+
+    @property
+    def sources(self) -> tuple[Path, Path]:
+        return self.root / "etc/apt/sources.list", self.root / "etc/apt/sources.list.d"
+
+    def trusted_keyrings(self) -> list[Path]:
+        """What apt trusts for a source without Signed-By: trusted.gpg and trusted.gpg.d."""
+        single, folder = self.root / "etc/apt/trusted.gpg", self.root / "etc/apt/trusted.gpg.d"
+        found = [single] if single.is_file() else []
+        if folder.is_dir():
+            found += sorted(f for f in folder.iterdir() if f.suffix in (".gpg", ".asc"))
+        return found
+
+    @property
+    def debian_keyring(self) -> Path:
+        return self.root / "usr/share/keyrings/debian-archive-keyring.gpg"
+
+    def release(self) -> str:
+        return self.codename or host_codename()
 
 
 @dataclass(frozen=True)
@@ -28,6 +74,7 @@ class RepoEntry:
     suites: tuple[str, ...]
     components: tuple[str, ...]
     signed_by: str | None = None
+    where: str = field(default="", compare=False)  # FILE:LINE it was read from, for errors
 
 
 def render_sources(entries: Iterable[RepoEntry]) -> str:
@@ -47,41 +94,64 @@ def render_sources(entries: Iterable[RepoEntry]) -> str:
     return "\n".join(stanzas)
 
 
+def _release(suite: str) -> str:
+    """The release part of a suite: `bookworm-security` -> `bookworm`, `sid/updates` -> `sid`."""
+    return re.split(r"[-/]", suite, maxsplit=1)[0]
+
+
 def _suite_matches(suite: str, wanted: str) -> bool:
     return suite == wanted or suite.startswith((f"{wanted}-", f"{wanted}/"))
 
 
-def _parse_one_line(line: str) -> RepoEntry | None:
-    m = re.match(
-        r"^deb\s+(\[(?P<opts>[^\]]*)\]\s+)?(?P<uri>\S+)\s+(?P<suite>\S+)\s*(?P<c>.*)$", line
-    )
-    if not m:
+# one-line options: `[arch=amd64 signed-by=/usr/share/keyrings/x.gpg]` (python3-apt 2.6 takes
+# only arch= and trusted= and marks anything else, signed-by= included, invalid: the block is
+# read here, the rest of the line by python3-apt)
+_OPTIONS = re.compile(r"^(\s*#?\s*deb(?:-src)?\s+)\[([^\]]*)\]\s*")
+
+
+def _parse_one_line(line: str, where: str) -> RepoEntry | None:
+    options: dict[str, str] = {}
+    m = _OPTIONS.match(line)
+    if m:
+        for option in m.group(2).split():
+            key, sep, value = option.partition("=")
+            if sep and not key.endswith(("+", "-")):
+                options[key] = value
+        line = m.group(1) + line[m.end() :]
+    entry = SourceEntry(line)
+    if entry.invalid or entry.disabled or entry.type != "deb":
         return None
-    opts = dict(o.split("=", 1) for o in (m.group("opts") or "").split() if "=" in o)
     return RepoEntry(
-        uris=(m.group("uri"),),
-        suites=(m.group("suite"),),
-        components=tuple(m.group("c").split()),
-        signed_by=opts.get("signed-by"),
+        uris=(entry.uri,),
+        suites=(entry.dist,),
+        components=tuple(entry.comps),
+        signed_by=options.get("signed-by"),
+        where=where,
     )
 
 
 def _parse_deb822(path: Path) -> list[RepoEntry]:
+    """A `*.sources` file's stanzas; its comment lines (`#` first, also inside a stanza, as
+    sources.list(5) allows) are dropped first: python3-apt's TagFile would take one for the
+    start of the next field's name."""
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    stanzas = [s for s in re.split(r"\n[ \t]*\n", "\n".join(lines)) if s.strip()]
     entries = []
-    with apt_pkg.TagFile(str(path)) as tags:
-        for section in tags:
-            if "deb" not in section.get("Types", "").split():
-                continue
-            if section.get("Enabled", "yes").lower() == "no":
-                continue
-            entries.append(
-                RepoEntry(
-                    uris=tuple(section.get("URIs", "").split()),
-                    suites=tuple(section.get("Suites", "").split()),
-                    components=tuple(section.get("Components", "").split()),
-                    signed_by=section.get("Signed-By"),
-                )
+    for number, text in enumerate(stanzas, 1):
+        section = apt_pkg.TagSection(text.strip() + "\n")
+        if "deb" not in section.get("Types", "").split():
+            continue
+        if section.get("Enabled", "yes").lower() == "no":
+            continue
+        entries.append(
+            RepoEntry(
+                uris=tuple(section.get("URIs", "").split()),
+                suites=tuple(section.get("Suites", "").split()),
+                components=tuple(section.get("Components", "").split()),
+                signed_by=section.get("Signed-By"),
+                where=f"{path} (stanza {number})",
             )
+        )
     return entries
 
 
@@ -97,30 +167,69 @@ def read_sources(sources_list: Path, sources_parts: Path) -> list[RepoEntry]:
     for f in files:
         if f.suffix == ".sources":
             entries += _parse_deb822(f)
-        else:
-            for line in f.read_text().splitlines():
-                parsed = _parse_one_line(line.strip())
-                entries += [parsed] if parsed else []
+            continue
+        for number, line in enumerate(f.read_text().splitlines(), 1):
+            parsed = _parse_one_line(line, f"{f}:{number}")
+            entries += [parsed] if parsed else []
     return entries
 
 
-def read_host_sources(suite: str) -> list[RepoEntry]:
-    """The host's apt sources for `suite` (and its -updates, -security, ... companions).
+def is_debian_archive(entry: RepoEntry) -> bool:
+    return bool(entry.suites) and all(_release(s) in DEBIAN_RELEASES for s in entry.suites)
 
-    Sources for other suites (third-party repositories of the host) are left out: they
-    are not part of a Debian image, and may not be reachable from where it is composed.
-    """
+
+def with_keys(entry: RepoEntry, host: HostApt) -> RepoEntry:
+    """`entry` with the keys to verify it by: its Signed-By, else what apt would trust."""
+    if entry.signed_by:
+        return entry
+    keyrings = host.trusted_keyrings()
+    if not keyrings and is_debian_archive(entry) and host.debian_keyring.is_file():
+        keyrings = [host.debian_keyring]
+    if not keyrings:
+        raise PackageError(
+            f"{entry.where}: {' '.join(entry.uris)} {' '.join(entry.suites)} has no Signed-By"
+            f" and apt trusts no keys for it ({host.root / 'etc/apt/trusted.gpg.d'} is empty):"
+            " add signed-by=KEYRING to it, or give the treefile a 'repos' list"
+        )
+    return replace(entry, signed_by=" ".join(map(str, keyrings)))
+
+
+def _for_suite(entries: Iterable[RepoEntry], suite: str) -> list[RepoEntry]:
     out = []
-    for e in read_sources(*HOST_SOURCES):
+    for e in entries:
         suites = tuple(s for s in e.suites if _suite_matches(s, suite))
         if suites:
-            out.append(RepoEntry(e.uris, suites, e.components, e.signed_by))
+            out.append(replace(e, suites=suites))
+    return out
+
+
+def _other_release(entries: Iterable[RepoEntry], suite: str, host: str) -> list[RepoEntry]:
+    """The host's entries of Debian's archive for its own release `host`, moved to `suite`."""
+    out = []
+    for e in _for_suite((e for e in entries if is_debian_archive(e)), host):
+        suites = tuple(suite + s.removeprefix(host) for s in e.suites)
+        out.append(replace(e, suites=suites))
+    return out
+
+
+def read_host_sources(suite: str, host: HostApt = HostApt()) -> list[RepoEntry]:  # noqa: B008
+    """The host's apt sources for `suite` (and its -updates, -security, ... companions), each
+    with the keys to verify it by.
+
+    Sources for other suites (third-party repositories of the host) are left out: they are
+    not part of a Debian image, and may not be reachable from where it is composed. A
+    release of Debian the host does not name is found on the host's Debian mirror.
+    """
+    entries = read_sources(*host.sources)
+    out = _for_suite(entries, suite)
+    if not out and _release(suite) in DEBIAN_RELEASES:
+        out = _other_release(entries, suite, host.release())
     if not out:
         raise PackageError(
-            f"the host's apt sources have no entry for suite '{suite}': "
-            "give the treefile a 'repos' list"
+            f"the host's apt sources have no entry for suite '{suite}' (nor for Debian's"
+            " archive to find it on): give the treefile a 'repos' list"
         )
-    return out
+    return [with_keys(e, host) for e in out]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -296,8 +296,13 @@ class AptRoot:
             raise PackageError("repository is not signed by a trusted key: " + ", ".join(untrusted))
         if not ok:
             raise PackageError("updating the package indices failed")
+        optional = {(u.rstrip("/"), s) for e in self.repos if e.optional for u in e.uris
+                    for s in e.suites}  # fmt: skip
         missing = [
-            f"{m.uri} {m.dist}" for m in sources.list if not any(i.exists for i in m.index_files)
+            f"{m.uri} {m.dist}"
+            for m in sources.list
+            if not any(i.exists for i in m.index_files)
+            and (m.uri.rstrip("/"), m.dist) not in optional
         ]
         if missing:
             raise PackageError("no package index could be read from: " + ", ".join(missing))

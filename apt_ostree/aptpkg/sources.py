@@ -75,6 +75,9 @@ class RepoEntry:
     components: tuple[str, ...]
     signed_by: str | None = None
     where: str = field(default="", compare=False)  # FILE:LINE it was read from, for errors
+    # a companion suite carried over to a release the host does not name (`forky-updates`):
+    # the archive may have no such suite (testing has no updates suite), which is no error
+    optional: bool = field(default=False, compare=False)
 
 
 def render_sources(entries: Iterable[RepoEntry]) -> str:
@@ -207,8 +210,9 @@ def _other_release(entries: Iterable[RepoEntry], suite: str, host: str) -> list[
     """The host's entries of Debian's archive for its own release `host`, moved to `suite`."""
     out = []
     for e in _for_suite((e for e in entries if is_debian_archive(e)), host):
-        suites = tuple(suite + s.removeprefix(host) for s in e.suites)
-        out.append(replace(e, suites=suites))
+        for s in e.suites:
+            moved = suite + s.removeprefix(host)
+            out.append(replace(e, suites=(moved,), optional=moved != suite))
     return out
 
 

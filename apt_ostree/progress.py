@@ -72,10 +72,9 @@ class TerminalProgress(Progress):
 
     def _live_line(self, text: str, *, final: bool) -> None:
         if self.tty:
-            self.stream.write("\r\033[K" + text)
-            self._live = True
-            if final:
-                self._line("")
+            # redraw the line; a final one stays as it is, the next text starts below it
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+            self._live = not final
             self.stream.flush()
         elif final or time.monotonic() - self._last_plain >= 5:
             self._last_plain = time.monotonic()

@@ -79,6 +79,24 @@ def _metadata_variant(metadata: Mapping[str, Any]) -> GLib.Variant:
     return GLib.Variant("a{sv}", {k: _variant(k, v) for k, v in sorted(metadata.items())})
 
 
+def _ed25519(what: str) -> Any:
+    """libostree's ed25519 engine; Debian's libostree (2022.7 in Debian 12, 2025.2 in 13) is
+    built without libsodium, so it has none: say so in one line, before anything is made."""
+    try:
+        return OSTree.Sign.get_by_name("ed25519")
+    except GLib.Error as e:
+        version = f"{OSTree.YEAR_VERSION}.{OSTree.RELEASE_VERSION}"
+        raise RepoError(
+            f"{what}: this libostree ({version}) is built without ed25519 signatures: use GPG"
+            " (--gpg-sign on the server, --gpg-import on clients)"
+        ) from e
+
+
+def check_ed25519(what: str) -> None:
+    """Raise RepoError (one line, starting with `what`) when libostree has no ed25519."""
+    _ed25519(what)
+
+
 def _ed25519_secret(secret_key_file: Path) -> str:
     try:
         return secret_key_file.read_text().split()[0]
@@ -265,9 +283,9 @@ class Repo:
     def ed25519_sign_commit(self, checksum: str, secret_key_file: Path) -> None:
         """Sign a commit with the ed25519 secret key in `secret_key_file` (base64, as
         ostree's)."""
+        signer = _ed25519(f"cannot sign {checksum} with {secret_key_file}")
         secret = _ed25519_secret(secret_key_file)
         try:
-            signer = OSTree.Sign.get_by_name("ed25519")
             signer.set_sk(GLib.Variant("s", secret))
             signer.commit(self._repo, checksum, None)
         except GLib.Error as e:
@@ -299,6 +317,7 @@ class Repo:
             "gpg-verify-summary": GLib.Variant("b", False),
         }
         if ed25519_key is not None:
+            _ed25519(f"cannot configure remote {name}")  # else pulls fail: "No signatures found"
             options["sign-verify"] = GLib.Variant("b", True)
             options["verification-ed25519-key"] = GLib.Variant("s", ed25519_key)
         try:
@@ -492,9 +511,9 @@ class Repo:
 
     def ed25519_sign_summary(self, secret_key_file: Path) -> None:
         """Add an ed25519 signature of the current summary to `summary.sig`."""
+        signer = _ed25519(f"cannot sign the summary with {secret_key_file}")
         secret = _ed25519_secret(secret_key_file)
         try:
-            signer = OSTree.Sign.get_by_name("ed25519")
             # ostree_sign_summary takes the secret keys as an "av" of engine-specific keys
             keys_variant = GLib.Variant("av", [GLib.Variant("s", secret)])
             signer.summary(self._repo, keys_variant, None)

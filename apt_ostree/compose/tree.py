@@ -215,6 +215,8 @@ def tree_size(root: Path) -> int:
 
 
 def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress) -> ComposeResult:
+    if options.ed25519_key:  # before minutes of work, not after
+        ostree.check_ed25519(f"--sign-ed25519 {options.ed25519_key}")
     for stale in remove_stale_workdirs(options.cachedir):
         progress.message(f"    removed {stale}, left by a compose that was killed")
     suite, repos = image_repos(treefile)

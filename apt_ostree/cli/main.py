@@ -21,7 +21,7 @@ from pathlib import Path
 
 from apt_ostree import keys
 from apt_ostree.cli import render
-from apt_ostree.cli.parser import build_parser, request_of, verb_of
+from apt_ostree.cli.parser import build_parser, quiet, request_of, verb_of
 from apt_ostree.daemon.client import DaemonClient
 from apt_ostree.errors import (
     AptOstreeError,
@@ -30,7 +30,7 @@ from apt_ostree.errors import (
     UnchangedError,
     UsageError,
 )
-from apt_ostree.progress import TerminalProgress
+from apt_ostree.progress import Progress, TerminalProgress
 from apt_ostree.system.requests import Init, Request
 from apt_ostree.system.results import Result
 
@@ -73,9 +73,13 @@ def _connected() -> DaemonClient:
     return client
 
 
+def _progress(args: argparse.Namespace) -> Progress:
+    return Progress() if quiet(args) else TerminalProgress()
+
+
 def run_verb(request: Request, args: argparse.Namespace) -> Result:
     """Run `request` in apt-ostreed, or here; its result."""
-    progress = TerminalProgress()
+    progress = _progress(args)
     client = _daemon(args, request)
     if client is not None:
         try:
@@ -101,7 +105,7 @@ def _automatic(args: argparse.Namespace) -> int:
         raise UsageError("--trigger-automatic-update-policy needs the daemon: drop --sysroot")
     client = _connected()
     try:
-        outcome = client.automatic_update(args.osname, TerminalProgress())
+        outcome = client.automatic_update(args.osname, _progress(args))
     finally:
         client.close()
     if outcome is None:

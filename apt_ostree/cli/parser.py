@@ -36,10 +36,14 @@ COMPOSE_HELP = "compose images on a build server"
 VIEW_FLAGS: Mapping[tuple[str, ...], tuple[Param, ...]] = {
     ("status",): (
         Param(("--json",), "print JSON (rpm-ostree's keys)"),
+        Param(("-J", "--jsonpath"), "print what the JSONPath EXPR selects of --json", "EXPR"),
         Param(("-v", "--verbose"), "more fields"),
         Param(("-b", "--booted"), "only the booted deployment"),
     ),
-    ("db", "diff"): (Param(("--json",), "print JSON"),),
+    ("db", "diff"): (
+        Param(("-F", "--format"), "block (the default), diff or json", "FORMAT"),
+        Param(("--json",), "print JSON (--format=json)"),
+    ),
     ("upgrade",): (
         Param(
             ("--trigger-automatic-update-policy",),
@@ -49,6 +53,7 @@ VIEW_FLAGS: Mapping[tuple[str, ...], tuple[Param, ...]] = {
 }
 UNCHANGED_77 = Param(("--unchanged-exit-77",), "exit 77 when nothing changed")
 VERB_ATTR = "verb_"  # the Verb of the parsed line, in the namespace
+QUIET = "no progress, only results and errors"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,13 +78,19 @@ def _add_field(parser: argparse.ArgumentParser, f: Field) -> None:
 def _add_verb(parser: argparse.ArgumentParser, verb: Verb) -> None:
     parser.add_argument("--sysroot", type=Path, help="the sysroot (default / when booted)")
     parser.add_argument("--os", dest="osname", metavar="NAME", help="the stateroot")
+    # also after the verb, as rpm-ostree takes it (a dest of its own: a subparser's default
+    # would overwrite the one given before the verb)
+    parser.add_argument("-q", "--quiet", dest="quiet_verb", action="store_true", help=QUIET)
     for f in verb.request.fields():
         _add_field(parser, f)
     view = VIEW_FLAGS.get(verb.words, ())
     if verb.request.action:
         view = (*view, UNCHANGED_77)
     for p in view:
-        parser.add_argument(*p.flags, action="store_true", help=p.help)
+        if p.metavar:  # a flag with a value
+            parser.add_argument(*p.flags, metavar=p.metavar, help=p.help)
+        else:
+            parser.add_argument(*p.flags, action="store_true", help=p.help)
     parser.set_defaults(**{VERB_ATTR: verb})
 
 
@@ -96,7 +107,7 @@ def _register_verbs(verbs: Any) -> None:
                 )
                 groups[group].required = True
             where = groups[group]
-        _add_verb(where.add_parser(verb.words[-1], help=verb.help), verb)
+        _add_verb(where.add_parser(verb.words[-1], help=verb.help, aliases=verb.aliases), verb)
 
 
 def _register_daemon_verbs(verbs: Any) -> None:
@@ -111,6 +122,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="apt-ostree", description="Hybrid image/package system for Debian")
     parser.add_argument("--version", action="version", version=f"apt-ostree {__version__}")
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET)
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     verbs.required = True
     verb = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
@@ -123,6 +135,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _register_verbs(verbs)
     _register_daemon_verbs(verbs)
     return parser
+
+
+def quiet(args: argparse.Namespace) -> bool:
+    return bool(args.quiet or getattr(args, "quiet_verb", False))
 
 
 def verb_of(args: argparse.Namespace) -> Verb | None:

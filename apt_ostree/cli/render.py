@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+from apt_ostree.errors import UsageError
 from apt_ostree.system.requests import Request, Upgrade, Verb
 from apt_ostree.system.results import (
     CommitDiff,
@@ -141,13 +144,42 @@ def render_status(deployments: Sequence[DeploymentInfo], *, verbose: bool) -> li
     return lines
 
 
+_STEP = re.compile(r"\.([A-Za-z0-9_-]+)|\.\*|\[(\d+)\]|\[\*\]|\[(['\"])(.*?)\3\]")
+
+
+def jsonpath(doc: Any, expr: str) -> list[Any]:
+    """What a JSONPath expression selects of `doc`, for `status -J` (a subset: `$`, `.key`,
+    `['key']`, `[N]`, `[*]`, `.*`), as rpm-ostree prints it: the list of matches."""
+    if not expr.startswith("$"):
+        raise UsageError(f"--jsonpath {expr}: expected an expression starting with $")
+    nodes, rest = [doc], expr[1:]
+    while rest:
+        m = _STEP.match(rest)
+        if m is None:
+            raise UsageError(f"--jsonpath {expr}: cannot read {rest!r}")
+        key = m.group(1) if m.group(1) is not None else m.group(4)
+        index = m.group(2)
+        found: list[Any] = []
+        for node in nodes:
+            if key is not None and isinstance(node, dict) and key in node:
+                found.append(node[key])
+            elif index is not None and isinstance(node, list) and int(index) < len(node):
+                found.append(node[int(index)])
+            elif key is None and index is None:  # a wildcard
+                found += list(node.values()) if isinstance(node, dict) else list(node or [])
+        nodes, rest = found, rest[m.end() :]
+    return nodes
+
+
 def status(result: StatusResult, args: argparse.Namespace) -> int:
     if args.booted:
         booted = tuple(d for d in result.deployments if d.booted)
         result = StatusResult(
             booted or result.deployments[:1], result.transaction, result.cached_update
         )
-    if args.json:
+    if args.jsonpath:
+        print(json.dumps(jsonpath(result.to_json(), args.jsonpath), indent=2))
+    elif args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print("\n".join(render_status(result.deployments, verbose=args.verbose)))
@@ -157,14 +189,32 @@ def status(result: StatusResult, args: argparse.Namespace) -> int:
 # ---- db and search ----
 
 
+DIFF_FORMATS = ("block", "diff", "json")
+
+
+def render_diff_lines(diff: PackageDiff) -> list[str]:
+    """`db diff --format=diff`: `+name-version` for what comes, `-name-version` for what goes
+    (an upgrade is both), sorted by name."""
+    names = _names(diff)
+    gone = [(names[c], c.old_version) for c in (*diff.removed, *diff.upgraded, *diff.downgraded)]
+    come = [(names[c], c.new_version) for c in (*diff.added, *diff.upgraded, *diff.downgraded)]
+    rows = [(n, 0, f"-{n}-{v}") for n, v in gone] + [(n, 1, f"+{n}-{v}") for n, v in come]
+    return [text for _, _, text in sorted(rows)]
+
+
 def commit_diff(result: CommitDiff, args: argparse.Namespace) -> int:
-    if args.json:
+    form = "json" if args.json else (args.format or "block")
+    if form not in DIFF_FORMATS:
+        raise UsageError(f"--format {form}: expected one of {', '.join(DIFF_FORMATS)}")
+    if form == "json":
         doc = {"from": result.from_checksum, "to": result.to_checksum, **diff_to_wire(result.diff)}
         print(json.dumps(doc, indent=2))
         return 0
     print(f"ostree diff commit from: {result.from_checksum}")
     print(f"ostree diff commit to:   {result.to_checksum}")
-    print("\n".join(render_diff(result.diff)))
+    lines = render_diff(result.diff) if form == "block" else render_diff_lines(result.diff)
+    for line in lines:
+        print(line)
     return 0
 
 

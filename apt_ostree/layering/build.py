@@ -153,29 +153,23 @@ def _layer(
     recommends: bool,
     refresh: bool | None,
 ) -> tuple[str, LayerPlan]:
-    request = request_of(origin, local_dir(sysroot.path, osname), recommends=recommends)
-    if request.is_empty():
-        return base, LayerPlan()
-    # imported here: a machine with nothing layered never loads apt or the assembler
-    from apt_ostree.layering.assemble import assemble
-    from apt_ostree.layering.resolve import plan_layer
-
-    repo = sysroot.repo
-    cache = cache_dir(sysroot.path, osname)
-    with (
-        progress.step("Resolving layered packages"),
-        resolution_root(repo, base, deployment) as root,
-    ):
-        plan = plan_layer(
-            root,
-            request,
-            cachedir=cache,
-            progress=progress,
-            allow_inactive=allow_inactive,
-            refresh=refresh,
-        )
+    plan = layer_plan(
+        sysroot,
+        osname,
+        base,
+        origin,
+        deployment=deployment,
+        progress=progress,
+        allow_inactive=allow_inactive,
+        recommends=recommends,
+        refresh=refresh,
+    )
     if plan.is_empty():
         return base, plan
+    # imported here: a machine with nothing layered never loads apt or the assembler
+    from apt_ostree.layering.assemble import assemble
+
+    repo = sysroot.repo
     workdir = Path(
         tempfile.mkdtemp(prefix="apt-ostree-layer-", dir=sysroot.path / "ostree/repo/tmp")
     )
@@ -192,6 +186,41 @@ def _layer(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return checksum, plan
+
+
+def layer_plan(
+    sysroot: ostree.Sysroot,
+    osname: str,
+    base: str,
+    origin: Origin,
+    *,
+    deployment: Path | None,
+    progress: Progress,
+    allow_inactive: bool,
+    recommends: bool,
+    refresh: bool | None = None,
+    fetch: bool = True,
+) -> LayerPlan:
+    """What `origin` asks for, resolved on `base` (with fetch=False nothing is downloaded:
+    `install --dry-run`)."""
+    request = request_of(origin, local_dir(sysroot.path, osname), recommends=recommends)
+    if request.is_empty():
+        return LayerPlan()
+    from apt_ostree.layering.resolve import plan_layer
+
+    with (
+        progress.step("Resolving layered packages"),
+        resolution_root(sysroot.repo, base, deployment) as root,
+    ):
+        return plan_layer(
+            root,
+            request,
+            cachedir=cache_dir(sysroot.path, osname),
+            progress=progress,
+            allow_inactive=allow_inactive,
+            refresh=refresh,
+            fetch=fetch,
+        )
 
 
 def search(

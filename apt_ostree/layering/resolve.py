@@ -188,8 +188,11 @@ def plan_layer(
     progress: Progress,
     allow_inactive: bool = False,
     refresh: bool | None = None,
+    fetch: bool = True,
 ) -> LayerPlan:
-    """The change that makes `request` true on the base tree `root`, with its .debs at hand.
+    """The change that makes `request` true on the base tree `root`, with its .debs at hand
+    (with fetch=False nothing is downloaded: a plan to show, whose paths are where the .debs
+    would be).
 
     Raises PackageError (one line, naming every package at fault) when it cannot be done.
     """
@@ -213,7 +216,7 @@ def plan_layer(
         allow_inactive=allow_inactive,
     )
     try:
-        resolution, paths = _resolve_and_fetch(apt, marks, progress)
+        resolution, paths = _resolve_and_fetch(apt, marks, progress, fetch=fetch)
     except PackageError as e:
         if not cached or refresh is False:
             raise
@@ -221,7 +224,7 @@ def plan_layer(
         # mirror no longer has: the answer after a refresh is the one that counts
         progress.message(f"    {e}: updating the package lists and trying again")
         _indices(apt, progress, refresh=True)
-        resolution, paths = _resolve_and_fetch(apt, marks, progress)
+        resolution, paths = _resolve_and_fetch(apt, marks, progress, fetch=fetch)
     install = [
         PlannedDeb(p.name, p.version, p.architecture, path, auto=p.auto)
         for p, path in zip(resolution.install, paths, strict=True)
@@ -234,10 +237,12 @@ def plan_layer(
 
 
 def _resolve_and_fetch(
-    apt: AptRoot, marks: LayerMarks, progress: Progress
+    apt: AptRoot, marks: LayerMarks, progress: Progress, *, fetch: bool
 ) -> tuple[LayerResolution, list[Path]]:
     with progress.step("Resolving packages"):
         resolution = resolve_layer(apt, marks)
+    if not fetch:
+        return resolution, [apt.archives / p.deb_name for p in resolution.install]
     paths: list[Path] = []
     if resolution.install:
         with progress.step("Downloading packages"):

@@ -47,17 +47,17 @@ def execute(system: System, request: Request) -> Result:
         case Status():
             return StatusResult(system.status())
         case Upgrade():
-            return updates.upgrade(system, request)
+            return rebooted(updates.upgrade(system, request), request.reboot)
         case Deploy():
-            return updates.deploy(system, request)
+            return rebooted(updates.deploy(system, request), request.reboot)
         case Rebase():
-            return updates.rebase(system, request)
+            return rebooted(updates.rebase(system, request), request.reboot)
         case Rollback():
-            return updates.rollback(system, request)
+            return rebooted(updates.rollback(system, request), request.reboot)
         case Cleanup():
             return updates.cleanup(system, request)
         case KernelArgs():
-            return updates.kargs(system, request)
+            return rebooted(updates.kargs(system, request), request.reboot)
         case FinalizeDeployment():
             return updates.finalize_deployment(system, request)
         case AutomaticUpdate():
@@ -67,13 +67,13 @@ def execute(system: System, request: Request) -> Result:
         case Uninstall():
             return rebooted(packages.uninstall(system, request), request.reboot)
         case OverrideRemove():
-            return packages.override_remove(system, request)
+            return rebooted(packages.override_remove(system, request), request.reboot)
         case OverrideReplace():
-            return packages.override_replace(system, request)
+            return rebooted(packages.override_replace(system, request), request.reboot)
         case OverrideReset():
-            return packages.override_reset(system, request)
+            return rebooted(packages.override_reset(system, request), request.reboot)
         case Reset():
-            return packages.reset(system, request)
+            return rebooted(packages.reset(system, request), request.reboot)
         case Initramfs():
             return rebooted(packages.initramfs(system, request), request.reboot)
         case RefreshMd():
@@ -112,7 +112,8 @@ def automatic_update(system: System, request: AutomaticUpdate) -> Outcome:
 
 
 def rebooted(outcome: Outcome, reboot: bool) -> Outcome:
-    """`-r`: reboot into the staged deployment (only on a machine booted from OSTree)."""
-    if reboot and outcome.changed and Path(keys.BOOTED_MARKER).exists():
+    """`-r`: reboot into the new deployment (only on a machine booted from OSTree, and only
+    when one was made: not for --check, --preview, --download-only or a dry run)."""
+    if reboot and outcome.changed and outcome.deployed and Path(keys.BOOTED_MARKER).exists():
         run(["systemctl", "reboot"])
     return outcome

@@ -13,11 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from apt_ostree import ostree
 from apt_ostree.errors import CommandError, DeploymentError, LayeringError, RepoError, UsageError
-from apt_ostree.layering.build import local_dir
+from apt_ostree.layering.build import layer_plan, local_dir
 from apt_ostree.layering.build import refresh as layering_refresh
 from apt_ostree.layering.build import search as layering_search
 from apt_ostree.origin import Origin
+from apt_ostree.pkgdiff import diff_packages
 from apt_ostree.run import run
 from apt_ostree.system.requests import (
     DbDiff,
@@ -39,8 +41,11 @@ from apt_ostree.system.sysroot import CommitSummary, System, parse_origin
 Edit = Callable[[Origin, CommitSummary], Origin]
 
 
-def change_origin(system: System, edit: Edit, *, allow_inactive: bool = False) -> Outcome:
-    """Apply `edit` to the origin and deploy the base rebuilt with the new requests."""
+def change_origin(
+    system: System, edit: Edit, *, allow_inactive: bool = False, dry_run: bool = False
+) -> Outcome:
+    """Apply `edit` to the origin and deploy the base rebuilt with the new requests (with
+    dry_run, only resolve them and say what would change)."""
     with system.sysroot.locked():
         merge = system.merge_deployment()
         source = system.origin_deployment()
@@ -49,10 +54,34 @@ def change_origin(system: System, edit: Edit, *, allow_inactive: bool = False) -
         new_origin = edit(origin, base)
         if new_origin == origin:
             return Outcome(False, ("No change.",))
+        if dry_run:
+            return _dry_run(system, merge, base, new_origin, allow_inactive=allow_inactive)
         deployed = system.deploy(base.checksum, new_origin, merge, allow_inactive=allow_inactive)
         diff = system.package_diff(merge.checksum, deployed)
         version = system.commit(deployed).version
-        return Outcome(True, system.deployed_lines(deployed), diff, deployed, version)
+        return Outcome(
+            True, system.deployed_lines(deployed), diff, deployed, version, deployed=True
+        )
+
+
+def _dry_run(
+    system: System,
+    merge: ostree.Deployment,
+    base: CommitSummary,
+    origin: Origin,
+    *,
+    allow_inactive: bool,
+) -> Outcome:
+    """The package changes the new origin would make on the base, resolved and not fetched."""
+    plan = layer_plan(system.sysroot, system.osname(), base.checksum, origin,
+                      deployment=merge.path, progress=system.progress,
+                      allow_inactive=allow_inactive, recommends=system.settings.recommends,
+                      fetch=False)  # fmt: skip
+    layered = {(n, a): v for n, v, a in base.packages if n not in plan.remove}
+    layered |= {(d.name, d.architecture): d.version for d in plan.install}
+    after = [(n, v, a) for (n, a), v in layered.items()]
+    diff = diff_packages(system.commit(merge.checksum).packages, after)
+    return Outcome(False, ("Dry run: nothing was changed; the deployment would have:",), diff)
 
 
 def _add_requests(
@@ -106,13 +135,17 @@ def install(system: System, request: Install) -> Outcome:
         )
         return replace(origin, requested_packages=requested, requested_local_packages=local)
 
-    return change_origin(system, edit, allow_inactive=request.allow_inactive)
+    return change_origin(
+        system, edit, allow_inactive=request.allow_inactive, dry_run=request.dry_run
+    )
 
 
 def uninstall(system: System, request: Uninstall) -> Outcome:
     def edit(origin: Origin, base: CommitSummary) -> Origin:
         requested = list(origin.requested_packages)
         local = list(origin.requested_local_packages)
+        if request.all_:
+            return replace(origin, requested_packages=(), requested_local_packages=())
         for item in request.packages:
             name = item.split("=", 1)[0]
             matches = [f for f in local if f.split("_", 1)[0] == name]

@@ -132,6 +132,9 @@ class Request:
 
 # ---- the image verbs ----
 
+# -r: reboot into the new deployment when it was staged (a machine booted from OSTree)
+_REBOOT = option("-r", "--reboot", help="reboot when staged")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Init(Request):
@@ -171,8 +174,9 @@ class Upgrade(Request):
     check: bool = option("--check", help="only say whether an update exists")
     preview: bool = option("--preview", help="--check, with the package diff")
     download_only: bool = option("--download-only", help="pull, do not deploy")
-    cache_only: bool = option("--cache-only", help="deploy what was downloaded")
+    cache_only: bool = option("-C", "--cache-only", help="deploy what was downloaded")
     allow_downgrade: bool = option("--allow-downgrade", help="accept an older commit")
+    reboot: bool = _REBOOT
 
     def __post_init__(self) -> None:
         if self.cache_only and self.download_only:
@@ -184,6 +188,8 @@ class Deploy(Request):
     method: ClassVar[str] = "Deploy"
     action: ClassVar[str] = "deploy"
     revision: str = positional(metavar="VERSION|revision=CHECKSUM")
+    preview: bool = option("--preview", help="only show the package changes")
+    reboot: bool = _REBOOT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,12 +198,14 @@ class Rebase(Request):
     action: ClassVar[str] = "rebase"
     refspec: str = positional(metavar="REMOTE:REF[:CHECKSUM]")
     revision: str | None = positional(metavar="VERSION|revision=CHECKSUM", nargs="?")
+    reboot: bool = _REBOOT
 
 
 @dataclass(frozen=True, kw_only=True)
 class Rollback(Request):
     method: ClassVar[str] = "Rollback"
     action: ClassVar[str] = "rollback"
+    reboot: bool = _REBOOT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,6 +238,7 @@ class KernelArgs(Request):
     deploy_index: int | None = option(
         "--deploy-index", metavar="N", help="start from deployment N", default=None
     )
+    reboot: bool = option("--reboot", help="reboot when staged")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,7 +263,6 @@ def absolute_debs(items: Sequence[str]) -> tuple[str, ...]:
     return tuple(str(Path(i).absolute()) if is_deb_path(i) else i for i in items)
 
 
-_REBOOT = option("-r", "--reboot", help="reboot when staged")
 _IDEMPOTENT = option("--idempotent", help="no error when already so")
 
 
@@ -266,11 +274,16 @@ class Install(Request):
     idempotent: bool = _IDEMPOTENT
     allow_inactive: bool = option("--allow-inactive", help="allow packages the base has")
     apply_live: bool = option("-A", "--apply-live", help="also apply it to the running system")
+    dry_run: bool = option("-n", "--dry-run", help="show what would change, change nothing")
+    # rpm-ostree's: nothing here asks a question, so it changes nothing
+    assumeyes: bool = option("-y", "--assumeyes", help="accepted; nothing asks for a yes")
     reboot: bool = _REBOOT
 
     def __post_init__(self) -> None:
         if self.apply_live and self.reboot:
             raise UsageError("install: --apply-live and --reboot exclude each other")
+        if self.dry_run and (self.apply_live or self.reboot):
+            raise UsageError("install: --dry-run changes nothing to apply or reboot into")
 
     def polkit_action(self) -> str:
         return LOCAL_PACKAGE_ACTION if any(map(is_deb_path, self.packages)) else self.action
@@ -280,9 +293,14 @@ class Install(Request):
 class Uninstall(Request):
     method: ClassVar[str] = "Uninstall"
     action: ClassVar[str] = "install-uninstall-packages"
-    packages: tuple[str, ...] = positional(metavar="PKG", nargs="+")
+    packages: tuple[str, ...] = positional(metavar="PKG", nargs="*")
+    all_: bool = option("--all", help="remove every layered package")
     idempotent: bool = _IDEMPOTENT
     reboot: bool = _REBOOT
+
+    def __post_init__(self) -> None:
+        if bool(self.packages) == self.all_:
+            raise UsageError("uninstall: name packages or give --all (not both)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -290,6 +308,7 @@ class OverrideRemove(Request):
     method: ClassVar[str] = "OverrideRemove"
     action: ClassVar[str] = "override"
     packages: tuple[str, ...] = positional(metavar="PKG", nargs="+")
+    reboot: bool = _REBOOT
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,6 +316,7 @@ class OverrideReplace(Request):
     method: ClassVar[str] = "OverrideReplace"
     action: ClassVar[str] = "override"
     packages: tuple[str, ...] = positional(metavar="PKG", nargs="+")
+    reboot: bool = _REBOOT
 
     def polkit_action(self) -> str:
         return LOCAL_PACKAGE_ACTION if any(map(is_deb_path, self.packages)) else self.action
@@ -308,6 +328,7 @@ class OverrideReset(Request):
     action: ClassVar[str] = "override"
     packages: tuple[str, ...] = positional(metavar="PKG", nargs="*")
     all_: bool = option("--all", help="drop every override")
+    reboot: bool = _REBOOT
 
     def __post_init__(self) -> None:
         if not self.packages and not self.all_:
@@ -318,14 +339,17 @@ class OverrideReset(Request):
 class Reset(Request):
     method: ClassVar[str] = "Reset"
     action: ClassVar[str] = "install-uninstall-packages"
-    overlays: bool = option("--overlays", help="only layered packages")
-    overrides: bool = option("--overrides", help="only overrides")
+    overlays: bool = option("-l", "--overlays", help="only layered packages")
+    overrides: bool = option("-o", "--overrides", help="only overrides")
+    reboot: bool = _REBOOT
 
 
 @dataclass(frozen=True, kw_only=True)
 class RefreshMd(Request):
     method: ClassVar[str] = "RefreshMd"
     action: ClassVar[str] = "repo-refresh"
+    # refresh-md always fetches the lists (that is what it is for): -f is rpm-ostree's spelling
+    force: bool = option("-f", "--force", help="fetch even lists that are fresh")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -403,12 +427,13 @@ class Verb:
     words: tuple[str, ...]
     request: type[Request]
     help: str
+    aliases: tuple[str, ...] = ()  # other last words (rpm-ostree's and apt's)
 
 
 VERBS: tuple[Verb, ...] = (
     Verb(("init",), Init, "create a sysroot in a folder and deploy a remote's ref"),
     Verb(("status",), Status, "show the deployments"),
-    Verb(("upgrade",), Upgrade, "pull and deploy the newest commit of the origin"),
+    Verb(("upgrade",), Upgrade, "pull and deploy the newest commit of the origin", ("update",)),
     Verb(("deploy",), Deploy, "deploy a version (or revision=CHECKSUM) of the ref"),
     Verb(("rebase",), Rebase, "follow another ref"),
     Verb(("rollback",), Rollback, "make the previous deployment the default"),
@@ -416,7 +441,7 @@ VERBS: tuple[Verb, ...] = (
     Verb(("kargs",), KernelArgs, "show or change kernel arguments"),
     Verb(("finalize-deployment",), FinalizeDeployment, "let the staged deployment be finalized"),
     Verb(("install",), Install, "layer packages (names, or local .deb files)"),
-    Verb(("uninstall",), Uninstall, "remove layered packages"),
+    Verb(("uninstall",), Uninstall, "remove layered packages", ("remove",)),
     Verb(("override", "remove"), OverrideRemove, "remove base packages"),
     Verb(
         ("override", "replace"), OverrideReplace, "replace base packages (./pkg.deb or PKG=VERSION)"
@@ -427,7 +452,9 @@ VERBS: tuple[Verb, ...] = (
     Verb(("search",), Search, "search the machine's apt sources for packages"),
     Verb(("refresh-md",), RefreshMd, "update the package lists of the apt sources"),
     Verb(("apply-live",), ApplyLive, "apply the pending deployment to the running system"),
-    Verb(("usroverlay",), UsrOverlay, "a writable overlay on /usr until the next reboot"),
+    Verb(
+        ("usroverlay",), UsrOverlay, "a writable overlay on /usr until the next reboot", ("unlock",)
+    ),
     Verb(("db", "diff"), DbDiff, "package changes between two commits or deployments"),
     Verb(("db", "list"), DbList, "the packages of a commit"),
     Verb(("db", "version"), DbList, "the dpkg database of a commit"),

@@ -65,6 +65,7 @@ WIRE_TYPES: Mapping[str, str] = {
     "lines": "as",
     "diff": "a{sv}",
     "then": "a{sv}",
+    "deployed": "b",
 }
 
 
@@ -310,6 +311,7 @@ class Outcome:
     checksum: str | None = None
     version: str | None = None
     then: Outcome | None = field(default=None)
+    deployed: bool = False  # a new deployment (or boot order) was written: -r reboots into it
 
     def last(self) -> Outcome:
         return self.then.last() if self.then is not None else self
@@ -322,6 +324,7 @@ class Outcome:
             "checksum": self.checksum,
             "version": self.version,
             "then": self.then.to_wire() if self.then is not None else None,
+            "deployed": self.deployed,
         }
 
     @staticmethod
@@ -334,6 +337,7 @@ class Outcome:
             checksum=d.get("checksum"),
             version=d.get("version"),
             then=Outcome.from_wire(then) if then else None,
+            deployed=bool(d.get("deployed")),
         )
 
 

@@ -104,7 +104,7 @@ def _is_older(system: System, new: CommitSummary, current: CommitSummary) -> boo
 def _deployed(system: System, merge: ostree.Deployment, deployed: str) -> Outcome:
     c = system.commit(deployed)
     diff = system.package_diff(merge.checksum, deployed)
-    return Outcome(True, system.deployed_lines(deployed), diff, deployed, c.version)
+    return Outcome(True, system.deployed_lines(deployed), diff, deployed, c.version, deployed=True)
 
 
 # ---- deploy and rebase ----
@@ -147,10 +147,24 @@ def deploy(system: System, request: Deploy) -> Outcome:
         merge = system.merge_deployment()
         origin = parse_origin(merge)
         checksum = _revision(system, origin.refspec, request.revision)
+        if request.preview:
+            return _preview(system, merge, origin.refspec, checksum)
         system.fetch_commit(origin.refspec, checksum)
         if checksum == merge.checksum and origin.override_commit == checksum:
             return Outcome(False, (f"Already deployed: {checksum}",))
         return _deploy_target(system, merge, origin.with_pin(checksum), origin.refspec, checksum)
+
+
+def _preview(system: System, merge: ostree.Deployment, refspec: Refspec, checksum: str) -> Outcome:
+    """`deploy --preview`: the package changes to `checksum`'s base, from its commit object."""
+    if not system.repo.has_commit(checksum):
+        system.pull(system.remote(refspec), [checksum], commit_only=True)
+    target = system.commit(checksum)
+    current = system.commit(merge.checksum).base_checksum
+    if checksum == current:
+        return Outcome(False, (f"Already deployed: {checksum}",))
+    head = f"Would deploy {checksum} (version {target.version or '-'})"
+    return Outcome(True, (head,), system.package_diff(current, checksum), checksum, target.version)
 
 
 def rebase(system: System, request: Rebase) -> Outcome:
@@ -204,6 +218,7 @@ def rollback(system: System, request: Rollback) -> Outcome:
             system.package_diff(own[0].checksum, target.checksum),
             target.checksum,
             c.version,
+            deployed=True,
         )
 
 
@@ -289,7 +304,7 @@ def kargs(system: System, request: KernelArgs) -> Outcome:
             return Outcome(False, (" ".join(new),))
         origin = parse_origin(source)
         system.deploy(source.checksum, origin, source, kargs=new, relayer=False)
-        return Outcome(True, ("Kernel arguments updated:", " ".join(new)))
+        return Outcome(True, ("Kernel arguments updated:", " ".join(new)), deployed=True)
 
 
 def finalize_deployment(system: System, request: FinalizeDeployment) -> Outcome:

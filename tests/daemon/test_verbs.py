@@ -17,6 +17,7 @@ from apt_ostree.system.requests import (
     KernelArgs,
     Kind,
     Request,
+    Uninstall,
     Upgrade,
     from_call,
     to_call,
@@ -35,11 +36,13 @@ def _example(cls: type[Request]) -> Request:
     values: dict[str, object] = {}
     for f in cls.fields():
         values[f.name] = {Kind.BOOL: True, Kind.STR: "x", Kind.STRS: ("x",), Kind.INT: 0}[f.kind]
-    exclusive = {"cache_only", "disable", "apply_live", "gpg_import", "ed25519_key"}
+    exclusive = {"cache_only", "disable", "apply_live", "dry_run", "gpg_import", "ed25519_key"}
     for name in exclusive & set(values):
         values[name] = None if name in ("gpg_import", "ed25519_key") else False
     if "remote" in values:
         values["remote"] = "origin=http://x/"
+    if cls is Uninstall:  # packages or --all
+        values["packages"] = ()
     return cls(**values)
 
 

@@ -63,7 +63,7 @@ def test_every_verb_of_the_table_parses_into_its_request() -> None:
             argv += ["--remote", "o=http://x/", "--no-gpg-verify"]
         if verb.words == ("cleanup",):
             argv.append("-p")
-        if verb.words == ("override", "reset"):
+        if verb.words in (("override", "reset"), ("uninstall",)):
             argv.append("--all")
         request = _parse(*argv)
         assert type(request) is verb.request

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -66,22 +67,51 @@ def register(verbs: Any, *, help: str) -> None:
         action="store_true",
         help="also write the static delta from the ref's previous commit",
     )
+    _metadata_argument(tree, "more string metadata of the commit")
+    tree.add_argument(
+        "--write-commitid-to",
+        type=Path,
+        metavar="FILE",
+        help="write the new commit's checksum to FILE, and leave the ref where it is",
+    )
+    tree.add_argument(
+        "--write-composejson-to",
+        type=Path,
+        metavar="FILE",
+        help="write what was composed (ref, commit, version, input hash, ...) to FILE as JSON",
+    )
+    tree.add_argument(
+        "--print-only", action="store_true", help="print the flattened treefile, compose nothing"
+    )
     tree.set_defaults(func=cmd_tree)
     _register_static_delta(sub)
     commit = sub.add_parser("commit", help="postprocess and commit a rootfs made by another tool")
     commit.add_argument("rootfs", type=Path, help="a folder or a tarball")
     commit.add_argument("--repo", type=Path, required=True, help="an existing OSTree repository")
     commit.add_argument("--branch", "-b", required=True, help="the ref to commit to")
-    commit.add_argument(
-        "--add-metadata-string",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only version=VALUE is supported",
-    )
+    _metadata_argument(commit, "only version=VALUE is supported")
     commit.add_argument("--cachedir", type=Path, default=DEFAULT_CACHEDIR)
     commit.set_defaults(func=cmd_commit)
     _register_image(sub)
+
+
+def _metadata_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument(
+        "--add-metadata-string", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
+def _metadata(pairs: list[str]) -> tuple[tuple[str, str], ...]:
+    """--add-metadata-string: KEY=VALUE, never one of apt-ostree's own keys."""
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--add-metadata-string: expected KEY=VALUE, got '{pair}'")
+        if key.startswith("aptostree."):
+            raise UsageError(f"--add-metadata-string {key}: apt-ostree's own key, not settable")
+        out.append((key, value))
+    return tuple(out)
 
 
 def _signing_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -144,6 +174,9 @@ def _delta_line(delta: DeltaResult) -> str:
 
 def cmd_tree(args: argparse.Namespace) -> int:
     treefile = treefile_mod.load(args.treefile)
+    if args.print_only:
+        print(json.dumps(treefile.flattened, indent=2, sort_keys=True))
+        return 0
     options = ComposeOptions(
         repo=args.repo.absolute(),
         cachedir=args.cachedir.absolute(),
@@ -156,13 +189,32 @@ def cmd_tree(args: argparse.Namespace) -> int:
         gpg_homedir=args.gpg_homedir,
         ed25519_key=args.sign_ed25519,
         static_delta=args.static_delta,
+        metadata=_metadata(args.add_metadata_string),
+        move_ref=args.write_commitid_to is None,
     )
     _check_key_file(args.sign_ed25519)
     result = compose_tree(treefile, options, TerminalProgress(sys.stderr))
     _print_result(result)
+    if args.write_commitid_to is not None and result.changed and result.checksum:
+        args.write_commitid_to.write_text(result.checksum + "\n")
+    if args.write_composejson_to is not None and not args.dry_run:
+        args.write_composejson_to.write_text(json.dumps(_compose_json(result), indent=2) + "\n")
     if not result.changed and not args.dry_run and args.unchanged_exit_77:
         raise UnchangedError(f"{result.ref}: nothing changed")
     return 0
+
+
+def _compose_json(result: ComposeResult) -> dict[str, Any]:
+    """What a build pipeline reads after a compose (rpm-ostree's --write-composejson-to keys
+    where they apply)."""
+    return {
+        "ref": result.ref,
+        "ostree-commit": result.checksum,
+        "commit-version": result.version,
+        "changed": result.changed,
+        "aptostree-inputhash": result.inputhash,
+        "packages": len(result.packages),
+    }
 
 
 def _check_key_file(path: Path | None) -> None:

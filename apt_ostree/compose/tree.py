@@ -52,6 +52,10 @@ class ComposeOptions:
     gpg_homedir: Path | None = None
     ed25519_key: Path | None = None  # secret key file, base64 as ostree's
     static_delta: bool = False  # also write the static delta from the ref's previous commit
+    # --add-metadata-string KEY=VALUE: more string keys in the commit (part of the input hash)
+    metadata: tuple[tuple[str, str], ...] = ()
+    # --write-commitid-to: commit, but leave the ref (and the summary) where they are
+    move_ref: bool = True
 
 
 @dataclass(frozen=True)
@@ -95,15 +99,21 @@ def image_repos(treefile: Treefile) -> tuple[str, tuple[RepoEntry, ...]]:
     return suite, tuple(read_host_sources(suite))
 
 
-def input_hash(treefile: Treefile, packages: Sequence[ResolvedPackage]) -> str:
-    """Hash of everything that goes into the tree (not the mirror it came from)."""
-    data = {
+def input_hash(
+    treefile: Treefile,
+    packages: Sequence[ResolvedPackage],
+    metadata: Sequence[tuple[str, str]] = (),
+) -> str:
+    """Hash of everything that goes into the commit (not the mirror it came from)."""
+    data: dict[str, Any] = {
         "format": keys.COMPOSE_FORMAT,
         "treefile": treefile.flattened,
         "files": treefile.external_files_digest(),
         "shipped": shipped_digest(),
         "packages": [[p.name, p.version, p.architecture, p.sha256] for p in packages],
     }
+    if metadata:  # absent when none, so that hashes of earlier composes stay as they were
+        data["metadata"] = sorted(metadata)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -225,7 +235,7 @@ def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress
     packages = _resolve(treefile, options, apt, suite, progress)
     if options.write_lockfile_to:
         lockfile.write(options.write_lockfile_to, packages)
-    inputhash = input_hash(treefile, packages)
+    inputhash = input_hash(treefile, packages, options.metadata)
     result = ComposeResult(treefile.ref, False, None, None, tuple(packages), inputhash)
     if options.dry_run:
         return result
@@ -288,6 +298,8 @@ def publish(
     """Make a new commit servable by a plain HTTP server: its static delta from the parent when
     asked, and always a fresh summary (clients of a static server learn refs from it)."""
     assert result.checksum is not None
+    if not options.move_ref:  # the ref did not move: the summary still tells the truth
+        return result
     repo = ostree.Repo.open(options.repo)
     delta = None
     if options.static_delta and parent is not None:
@@ -374,12 +386,14 @@ def _commit(
     }
     if version:
         metadata[keys.VERSION] = version
+    metadata.update(dict(options.metadata))
+    version = metadata.get(keys.VERSION)
     size = tree_size(rootfs)
     repo = ostree.Repo.open(options.repo, create=True)
     timestamp = options.source_date_epoch or int(time.time())
     checksum = repo.write_commit(
         rootfs,
-        ref=treefile.ref,
+        ref=treefile.ref if options.move_ref else None,
         parent=previous.checksum if previous else None,
         subject=f"{treefile.ref} {version}" if version else treefile.ref,
         metadata=metadata,
@@ -389,6 +403,7 @@ def _commit(
         sign_commit(repo, checksum, options)
     except AptOstreeError:
         # the ref moved with the commit: put it back, a failed compose changes no ref
-        repo.set_ref(treefile.ref, previous.checksum if previous else None)
+        if options.move_ref:
+            repo.set_ref(treefile.ref, previous.checksum if previous else None)
         raise
     return ComposeResult(treefile.ref, True, checksum, version, tuple(packages), inputhash, size)

@@ -31,7 +31,7 @@ METADATA_TYPES: dict[str, str] = {
 
 # Bump when the same inputs would now give a different tree (postprocessing changed), so
 # that no-change detection does not keep an image made by an older apt-ostree.
-COMPOSE_FORMAT = 4
+COMPOSE_FORMAT = 5  # 5: apt-daily and unattended-upgrades masked
 
 # ---- D-Bus ----
 BUS_NAME = "org.aptostree.AptOstree1"

@@ -48,6 +48,7 @@ class Treefile:
     postprocess: tuple[str, ...] = ()  # script texts; postprocess-script comes first
     initramfs_args: tuple[str, ...] = ()
     machineid_compat: bool = True
+    automatic_updates: str | None = None  # apt-ostreed's AutomaticUpdatePolicy in the image
     flattened: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def flattened_json(self) -> str:
@@ -68,6 +69,7 @@ _SCALARS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "default-target": (str, "a string"),
     "postprocess-script": (str, "a path"),
     "machineid-compat": (bool, "true or false"),
+    "automatic-updates": (str, "none, check or stage"),
 }
 _STRING_LISTS = (
     "packages",
@@ -303,5 +305,12 @@ def load(path: Path | str) -> Treefile:
         postprocess=tuple(scripts),
         initramfs_args=tuple(data.get("initramfs-args", [])),
         machineid_compat=data.get("machineid-compat", True),
+        automatic_updates=_automatic_updates(path, data.get("automatic-updates")),
         flattened=flattened,
     )
+
+
+def _automatic_updates(path: Path, value: str | None) -> str | None:
+    if value is not None and value not in ("none", "check", "stage"):
+        raise TreefileError(f"{path}: key 'automatic-updates': expected none, check or stage")
+    return value

@@ -26,11 +26,13 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from apt_ostree.errors import UsageError
 from apt_ostree.system.requests import Request, Upgrade, Verb
 from apt_ostree.system.results import (
+    CachedUpdate,
     CommitDiff,
     DeploymentInfo,
     Outcome,
@@ -135,6 +137,25 @@ def _rows(d: DeploymentInfo, *, verbose: bool) -> list[tuple[str, str]]:
     return rows
 
 
+def _update_rows(u: CachedUpdate) -> list[tuple[str, str]]:
+    d = u.diff
+    counts = [(len(d.upgraded), "upgraded"), (len(d.downgraded), "downgraded"),
+              (len(d.removed), "removed"), (len(d.added), "added")]  # fmt: skip
+    changes = ", ".join(f"{n} {what}" for n, what in counts if n) or "no package changes"
+    return [("Version", u.version or "-"), ("Commit", u.checksum), ("Diff", changes)]
+
+
+def render_header(result: StatusResult) -> list[str]:
+    """rpm-ostree's rows above the deployments: the daemon's state, the automatic update
+    policy, and the update the last automatic check found."""
+    policy = "disabled" if result.policy == "none" else result.policy
+    lines = [f"State: {result.state}", f"AutomaticUpdates: {policy}"]
+    if result.cached_update is not None:
+        lines.append("AvailableUpdate:")
+        lines += [f"{k:>21}: {v}" for k, v in _update_rows(result.cached_update)]
+    return lines
+
+
 def render_status(deployments: Sequence[DeploymentInfo], *, verbose: bool) -> list[str]:
     lines = ["Deployments:"]
     for d, state in zip(deployments, deployment_states(deployments), strict=True):
@@ -174,15 +195,14 @@ def jsonpath(doc: Any, expr: str) -> list[Any]:
 def status(result: StatusResult, args: argparse.Namespace) -> int:
     if args.booted:
         booted = tuple(d for d in result.deployments if d.booted)
-        result = StatusResult(
-            booted or result.deployments[:1], result.transaction, result.cached_update
-        )
+        result = replace(result, deployments=booted or result.deployments[:1])
     if args.jsonpath:
         print(json.dumps(jsonpath(result.to_json(), args.jsonpath), indent=2))
     elif args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
-        print("\n".join(render_status(result.deployments, verbose=args.verbose)))
+        lines = render_header(result) + render_status(result.deployments, verbose=args.verbose)
+        print("\n".join(lines))
     return 0
 
 

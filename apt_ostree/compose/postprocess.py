@@ -9,7 +9,8 @@ The steps, in this order, and why:
    packaged one; both come before the scripts, which may use what was added.
 4. The postprocess scripts, in order, inside the tree with bubblewrap (no network, cwd /).
 5. `units` and `default-target` with the tree's own systemctl (offline): after the scripts
-   and add-files, which may ship the unit files.
+   and add-files, which may ship the unit files; then `automatic-updates` and the masks of
+   apt's own update units (`automatic.py`).
 6. Kernel and initramfs (`initramfs.py`): after every step that may change dracut's
    configuration, modules or firmware, and while /etc is still /etc for dracut to read.
 7. The package databases into /usr/lib/sysimage (dpkg, debconf, apt's extended_states),
@@ -52,6 +53,7 @@ from pathlib import Path
 
 from apt_ostree import accounts
 from apt_ostree.accounts import install_unit as install_accounts_unit
+from apt_ostree.compose.automatic import mask_apt_updates, set_policy
 from apt_ostree.compose.initramfs import prepare_kernel
 from apt_ostree.errors import CommandError, PostprocessError
 from apt_ostree.progress import Progress
@@ -179,6 +181,7 @@ class PostprocessOptions:
     postprocess_scripts: tuple[str, ...] = ()  # script texts with a #! line
     initramfs_args: tuple[str, ...] = ()
     machineid_compat: bool = True  # False: no /etc/machine-id at all; True: an empty one
+    automatic_updates: str | None = None  # AutomaticUpdatePolicy of the image's apt-ostreed
 
 
 def postprocess(rootfs: Path, options: PostprocessOptions, progress: Progress) -> None:
@@ -210,6 +213,11 @@ def _convert(
         add_files(rootfs, options.add_files)
     run_scripts(rootfs, options.postprocess_scripts, progress)
     enable_units(rootfs, options.units, options.default_target)
+    if options.automatic_updates not in (None, "none"):
+        set_policy(rootfs, str(options.automatic_updates))
+    masked = mask_apt_updates(rootfs)
+    if masked:
+        progress.message(f"    masked {' '.join(masked)}: apt cannot change an image's /usr")
     _check_no_escape(rootfs)  # again: the scripts may have made links
     prepare_kernel(rootfs, options.initramfs_args, progress, keep_initramfs=foreign)
     if (rootfs / "usr/lib/systemd/system").is_dir():

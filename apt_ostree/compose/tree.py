@@ -277,6 +277,7 @@ def postprocess_options(treefile: Treefile) -> PostprocessOptions:
         postprocess_scripts=treefile.postprocess,
         initramfs_args=treefile.initramfs_args,
         machineid_compat=treefile.machineid_compat,
+        automatic_updates=treefile.automatic_updates,
     )
 
 

@@ -127,6 +127,7 @@ class DaemonClient:
             tuple(DeploymentInfo.from_wire(d) for d in native(deployments)),
             TransactionInfo(title, client, path) if path else None,
             CachedUpdate.from_wire(native(sysroot.CachedUpdate)),
+            sysroot.AutomaticUpdatePolicy,
         )
 
     def automatic_update(self, osname: str | None, progress: Progress) -> Outcome | None:

@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from dasbus.signal import Signal
 from gi.repository import Gio, GLib
 
-from apt_ostree.daemon.config import DaemonConfig, Policy, load_config
+from apt_ostree.config import DaemonConfig, Policy, load_config
 from apt_ostree.daemon.polkit import check_authorization
 from apt_ostree.daemon.transaction import Caller, Job, Transaction
-from apt_ostree.errors import BusyError, RefusedError
+from apt_ostree.errors import AptOstreeError, BusyError, RefusedError
 from apt_ostree.progress import Progress
 from apt_ostree.system.execute import execute
 from apt_ostree.system.requests import (
@@ -37,7 +38,6 @@ from apt_ostree.system.requests import (
 from apt_ostree.system.results import (
     CachedUpdate,
     DeploymentInfo,
-    Outcome,
     Result,
     StatusResult,
     TransactionInfo,
@@ -59,10 +59,10 @@ class Daemon:
         self.config: DaemonConfig = load_config(config_path)
         self.connection = connection  # Gio.DBusConnection, to ask who a caller is
         self.active: Transaction | None = None
-        self.cached_update: CachedUpdate | None = None
         self._number = 0
         self._last_activity = time.monotonic()
         self._deployments: tuple[DeploymentInfo, ...] | None = None
+        self._cached_update: CachedUpdate | None = None  # as last announced
         # the properties' signals: each is emitted when what its property shows has changed
         self.deployments_changed = Signal()  # Deployments, Booted
         self.transaction_changed = Signal()  # ActiveTransaction
@@ -124,12 +124,20 @@ class Daemon:
         if isinstance(request, Status):
             assert isinstance(result, StatusResult)
             t = self.active
-            return StatusResult(
-                result.deployments,
-                TransactionInfo(t.title, str(t.caller), t.path) if t else None,
-                self.cached_update,
+            return replace(
+                result,
+                transaction=TransactionInfo(t.title, str(t.caller), t.path) if t else None,
+                policy=self.config.automatic_update_policy.value,
             )
         return result
+
+    def cached_update(self) -> CachedUpdate | None:
+        """What the last automatic check found (kept in the stateroot's /var: it outlives
+        the daemon's idle exit and reboots)."""
+        try:
+            return self.system().cached_update()
+        except AptOstreeError:
+            return None
 
     # ---- transactions ----
 
@@ -186,6 +194,10 @@ class Daemon:
         before = self._deployments
         if before is None or self.deployments() != before:
             self.deployments_changed.emit()
+        update = self.cached_update()
+        if update != self._cached_update:
+            self._cached_update = update
+            self.cached_update_changed.emit()
 
     def _authorize_cancel(self, txn: Transaction, sender: str) -> None:
         caller = self.caller(sender)
@@ -206,18 +218,7 @@ class Daemon:
             return None
         caller = self.authorize(sender, AutomaticUpdate.action)
         request = AutomaticUpdate(stage=policy is Policy.STAGE)
-        txn = self.begin(request, osname, caller, f"automatic update ({policy.value})")
-        txn.result.connect(self._set_cached_update)
-        return txn
-
-    def _set_cached_update(self, outcome: Outcome) -> None:
-        """An automatic check's outcome: an update was found when it changed something."""
-        update = None
-        if outcome.changed and outcome.checksum is not None and outcome.diff is not None:
-            update = CachedUpdate(outcome.checksum, outcome.version, outcome.diff)
-        if update != self.cached_update:
-            self.cached_update = update
-            self.cached_update_changed.emit()
+        return self.begin(request, osname, caller, f"automatic update ({policy.value})")
 
     # ---- configuration and idle exit ----
 

@@ -68,7 +68,7 @@ class SysrootInterface(InterfaceTemplate):  # type: ignore[misc]
     def CachedUpdate(self) -> Dict[Str, Variant]:
         """What the last automatic check found: checksum, version, and the package changes
         (added, removed, upgraded, downgraded, as `DbDiff`); empty when none."""
-        update = self.daemon.cached_update
+        update = self.daemon.cached_update()
         return wire_variants(update.to_wire()) if update is not None else {}
 
     @accepts_additional_arguments

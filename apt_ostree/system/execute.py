@@ -38,14 +38,16 @@ from apt_ostree.system.requests import (
     Upgrade,
     UsrOverlay,
 )
-from apt_ostree.system.results import Outcome, Result, StatusResult
+from apt_ostree.system.results import CachedUpdate, Outcome, Result, StatusResult
 from apt_ostree.system.sysroot import System
 
 
 def execute(system: System, request: Request) -> Result:
     match request:
         case Status():
-            return StatusResult(system.status())
+            return StatusResult(
+                system.status(), cached_update=system.cached_update(), policy=system.policy()
+            )
         case Upgrade():
             return rebooted(updates.upgrade(system, request), request.reboot)
         case Deploy():
@@ -104,6 +106,10 @@ def automatic_update(system: System, request: AutomaticUpdate) -> Outcome:
     """AutomaticUpdatePolicy's run: what an update brings (as `upgrade --preview`); with
     `stage`, then the upgrade itself (staged on a booted system)."""
     check = updates.upgrade(system, Upgrade(preview=True))
+    update = None
+    if check.changed and check.checksum is not None and check.diff is not None:
+        update = CachedUpdate(check.checksum, check.version, check.diff)
+    system.write_cached_update(update)
     if not request.stage or not check.changed:
         return check
     staged = updates.upgrade(system, Upgrade())

@@ -281,11 +281,17 @@ class TransactionInfo:
 
 @dataclass(frozen=True)
 class StatusResult:
-    """`status`: the deployments, and what only the daemon knows (None in-process)."""
+    """`status`: the deployments, the update the last automatic check found, the automatic
+    update policy, and the daemon's running transaction (None in-process: none runs)."""
 
     deployments: tuple[DeploymentInfo, ...]
     transaction: TransactionInfo | None = None
     cached_update: CachedUpdate | None = None
+    policy: str = "none"
+
+    @property
+    def state(self) -> str:
+        return "busy" if self.transaction is not None else "idle"
 
     def to_json(self) -> Wire:
         t, u = self.transaction, self.cached_update
@@ -293,6 +299,8 @@ class StatusResult:
             "deployments": [d.to_wire() for d in self.deployments],
             "transaction": [t.title, t.client, t.path] if t else None,
             "cached-update": u.to_wire() if u else None,
+            "state": self.state,
+            "automatic-updates": self.policy,
         }
 
 

@@ -11,19 +11,25 @@ daemon's) and the progress sink are arguments, never module state.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from apt_ostree import keys, ostree
 from apt_ostree.accounts import merge_accounts
-from apt_ostree.errors import DeploymentError, StateError, UsageError
+from apt_ostree.config import load_config
+from apt_ostree.errors import ConfigError, DeploymentError, StateError, UsageError
 from apt_ostree.layering.build import build as build_layered
 from apt_ostree.origin import Origin, Refspec
 from apt_ostree.pkgdiff import diff_packages
 from apt_ostree.progress import Progress, human_size
 from apt_ostree.system.live_state import drop_stale_ref, read_state
-from apt_ostree.system.results import DeploymentInfo, Package, PackageDiff
+from apt_ostree.system.results import CachedUpdate, DeploymentInfo, Package, PackageDiff
+
+# what the last automatic check found, in the stateroot's /var (kept across reboots and the
+# daemon's idle exits; /var/lib/apt-ostree on a booted machine)
+CACHED_UPDATE = "var/lib/apt-ostree/cached-update.json"
 
 
 def default_sysroot(given: Path | None) -> Path:
@@ -152,6 +158,40 @@ class System:
 
     def status(self) -> tuple[DeploymentInfo, ...]:
         return tuple(self.info(d) for d in self.sysroot.deployments())
+
+    def cached_update(self) -> CachedUpdate | None:
+        """What the last automatic check found, unless it is deployed by now."""
+        try:
+            path = self.var() / CACHED_UPDATE
+            update = CachedUpdate.from_wire(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, UsageError):
+            return None
+        deployed = {self.commit(d.checksum).base_checksum for d in self.own()}
+        return None if update is None or update.checksum in deployed else update
+
+    def write_cached_update(self, update: CachedUpdate | None) -> None:
+        path = self.var() / CACHED_UPDATE
+        if update is None:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(update.to_wire(), indent=2) + "\n")
+        tmp.replace(path)
+
+    def policy(self) -> str:
+        """AutomaticUpdatePolicy of the machine's /etc/apt-ostreed.conf (the merge
+        deployment's /etc: the daemon's own file on a booted machine); none when unset or
+        unreadable (the daemon refuses a malformed file itself)."""
+        try:
+            etc = self.merge_deployment().path / "etc"
+            return load_config(etc / "apt-ostreed.conf").automatic_update_policy.value
+        except (ConfigError, DeploymentError, UsageError):
+            return "none"
+
+    def var(self) -> Path:
+        """The stateroot's /var (a booted machine's /var is bound from it)."""
+        return self.sysroot.path / "ostree" / "deploy" / self.osname() / "var"
 
     def own(self) -> list[ostree.Deployment]:
         """The deployments of our stateroot, in boot order."""

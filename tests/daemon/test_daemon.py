@@ -27,6 +27,7 @@ from tests.daemon.bus import (
     get_property,
     install_activation,
     run_client,
+    stop,
     wait_for,
     wait_idle,
 )
@@ -208,7 +209,12 @@ def test_idle_exit_and_bus_activation(
 
 @pytest.mark.parametrize("policy", ["none", "check", "stage"])
 def test_automatic_update_policy(
-    bus: PrivateBus, daemon: Daemon, machine: Machine, daemon_config: Path, policy: str
+    bus: PrivateBus,
+    daemon: Daemon,
+    machine: Machine,
+    daemon_config: Path,
+    policy: str,
+    start: Callable[[Path], Daemon],
 ) -> None:
     assert get_property(bus, "AutomaticUpdatePolicy") == "none"
     daemon_config.write_text(f"[Daemon]\nIdleExitTimeout=0\nAutomaticUpdatePolicy={policy}\n")
@@ -219,20 +225,32 @@ def test_automatic_update_policy(
     result = run_client(bus, "upgrade", "--trigger-automatic-update-policy")
     assert result.returncode == 0, result.stderr
     update = get_property(bus, "CachedUpdate")  # a{sv}
+    shown = run_client(bus, "status").stdout
     if policy == "none":
         assert "not enabled" in result.stdout
         assert machine.versions() == ["1.0"] and update == {}
+        assert shown.startswith("State: idle\nAutomaticUpdates: disabled\nDeployments:")
         return
+    if policy == "stage":  # staged (deployed, in a folder sysroot): nothing left to offer
+        assert machine.versions() == ["1.1", "1.0"] and update == {}
+        assert "AvailableUpdate" not in shown and "AutomaticUpdates: stage" in shown
+        return
+    assert machine.versions() == ["1.0"]
     # the same in status --json, where what D-Bus leaves out (no such version) is null
-    assert (
-        _without_nulls(json.loads(run_client(bus, "status", "--json").stdout)["cached-update"])
-        == update
-    )
+    doc = json.loads(run_client(bus, "status", "--json").stdout)
+    assert _without_nulls(doc["cached-update"]) == update
+    assert (doc["state"], doc["automatic-updates"]) == ("idle", "check")
     assert update["version"] == "1.1"
     assert update["checksum"] == machine.served.images.checksum("1.1")
     assert {"name": "hello-aot"}.items() <= update["upgraded"][0].items()
-    expected = ["1.1", "1.0"] if policy == "stage" else ["1.0"]
-    assert machine.versions() == expected
+    assert "AvailableUpdate:" in shown and f"Commit: {update['checksum']}" in shown
+    assert "Diff: 1 upgraded, 1 removed, 1 added" in shown
+    # kept in the stateroot's /var: a new daemon (after an idle exit, a reboot) has it, and so
+    # has the CLI without a daemon
+    stop(daemon.proc)
+    start(machine.path)
+    assert get_property(bus, "CachedUpdate") == update
+    assert "AvailableUpdate:" in ok("status", *machine.args()).stdout
 
 
 def _without_nulls(value: Any) -> Any:

@@ -1,26 +1,45 @@
-"""Package layering and overrides on folder sysroots, through the CLI.
+"""Package layering and overrides on folder sysroots.
 
 The machine is a copy of the template sysroot (test/os 1.0, tests/deploy/conftest.py); its
 administrator points the deployment's /etc/apt at a signed test repository served over
-loopback HTTP, as they would on a real machine. Every change must rebuild from the base:
-checked through `status --json`, the deployed trees, commit metadata and `ostree fsck`.
+loopback HTTP, as they would on a real machine. The verbs run through the typed core
+(`Machine.change`), and a few through the CLI for what a user sees. Every change must rebuild
+from the base: checked through the deployments' status, the deployed trees, commit metadata
+and `ostree fsck`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from apt_ostree.cli.render import render_status
+from apt_ostree.errors import AptOstreeError, LayeringError, PackageError
+from apt_ostree.progress import Progress
+from apt_ostree.system.requests import (
+    Cleanup,
+    DbDiff,
+    Initramfs,
+    Install,
+    OverrideRemove,
+    OverrideReplace,
+    OverrideReset,
+    Request,
+    Reset,
+    Search,
+    Uninstall,
+    Upgrade,
+)
+from apt_ostree.system.results import CommitDiff, Outcome
 from tests.support.aptrepo import AptRepo
 from tests.support.debian import SUITE
 from tests.support.debs import DebSpec, build_deb
 from tests.support.httpd import Server
 from tests.support.images import hello_deb
-from tests.support.sysroots import Machine, cli, ok, ostree
+from tests.support.sysroots import Machine, Recorder, cli, ok, ostree
 
 pytestmark = [pytest.mark.slow]
 
@@ -57,10 +76,10 @@ class Layered:
         return self.machine.args()
 
     def deployment(self, index: int = 0) -> Path:
-        checksum = self.machine.status()[index]["checksum"]
-        found = self.machine.path.glob(f"ostree/deploy/test/deploy/{checksum}.*")
-        [path] = [p for p in found if p.is_dir()]
-        return path
+        return self.machine.root(index)
+
+    def change(self, request: Request, progress: Progress | None = None) -> Outcome:
+        return self.machine.change(request, progress)
 
 
 def point_apt_at(deployment: Path, apt: AptRepo, url: str) -> None:
@@ -95,21 +114,37 @@ def base_trees(layered: Layered) -> Path:
 
 
 def metadata(layered: Layered, key: str) -> str:
-    checksum = str(layered.machine.status()[0]["checksum"])
+    checksum = layered.machine.deployments()[0].checksum
     repo = layered.machine.path / "ostree/repo"
     return ostree(f"--repo={repo}", "show", f"--print-metadata-key={key}", checksum).strip()
 
 
+def status_text(layered: Layered) -> str:
+    """What `status` prints (the CLI's renderer, on the core's deployments)."""
+    return "\n".join(render_status(layered.machine.deployments(), verbose=False))
+
+
+def added(outcome: Outcome) -> list[str]:
+    assert outcome.diff is not None, outcome
+    return [c.name for c in outcome.diff.added]
+
+
+HTOP = Install(packages=("htop-aot",))
+
+
 def test_install_layers_a_package_with_its_dependency(layered: Layered) -> None:
-    base = str(layered.machine.status()[0]["checksum"])
-    result = ok("install", *layered.args(), "htop-aot")
-    assert "Added:" in result.stdout and "htop-aot" in result.stdout
+    m = layered.machine
+    base = m.deployments()[0].checksum
+    progress = Recorder()
+    outcome = layered.change(HTOP, progress)
+    assert outcome.changed and added(outcome) == ["htop-aot", "libhtop-aot"]
+    assert outcome.lines == (f"Deployed {outcome.checksum} (version 1.0)",)
     # the deployment of the base is the overlay's lower: no checkout
-    assert "Checking out base" not in result.stdout
+    assert "Checking out base" not in progress.steps
     assert not base_trees(layered).exists()
-    [new, old] = layered.machine.status()
-    assert new["requested-packages"] == ["htop-aot"]
-    assert new["base-checksum"] == base and old["checksum"] == base
+    [new, old] = m.deployments()
+    assert new.checksum == outcome.checksum and new.requested_packages == ("htop-aot",)
+    assert new.base_checksum == base and old.checksum == base
     root = layered.deployment()
     assert (root / "usr/bin/htop-aot").read_text() == "#!/bin/sh\necho htop\n"
     assert (root / "usr/lib/libhtop-aot.so").exists()
@@ -118,44 +153,46 @@ def test_install_layers_a_package_with_its_dependency(layered: Layered) -> None:
     # apt's marks: the dependency is automatic, the request not; the base's marks stay
     states = (root / "usr/lib/sysimage/apt/extended_states").read_text()
     assert "Package: libhtop-aot\nArchitecture: " in states and "Package: htop-aot\n" not in states
-    repo = layered.machine.path / "ostree/repo"
+    repo = m.path / "ostree/repo"
     base_states = ostree(f"--repo={repo}", "cat", base, "/usr/lib/sysimage/apt/extended_states")
     assert "Auto-Installed: 1" in base_states
     assert all(block in states for block in base_states.split("\n\n"))
     assert metadata(layered, "aptostree.clientlayer") == "true"
     assert metadata(layered, "aptostree.base-checksum") == f"'{base}'"
-    assert "LayeredPackages: htop-aot" in ok("status", *layered.args()).stdout
-    layered.machine.fsck()
-    # asking again is an error, unless --idempotent
-    again = cli("install", *layered.args(), "htop-aot")
-    assert again.returncode == 1 and "already requested" in again.error_line
-    assert (
-        cli(
-            "install", *layered.args(), "htop-aot", "--idempotent", "--unchanged-exit-77"
-        ).returncode
-        == 77
-    )
+    assert "LayeredPackages: htop-aot" in status_text(layered)
+    m.fsck()
+    # asking again is an error, unless --idempotent; neither deploys (`ostree admin status`,
+    # as in snapshot(), cannot show an unsigned layered commit of a GPG-verified remote)
+    before = m.deployments()
+    with pytest.raises(LayeringError, match="htop-aot is already requested"):
+        m.run(HTOP)
+    again = layered.change(Install(packages=("htop-aot",), idempotent=True))
+    assert not again.changed and again.lines == ("No change.",)
+    assert m.deployments() == before
 
 
 def test_upgrade_reapplies_layers_onto_the_new_base(layered: Layered) -> None:
-    ok("install", *layered.args(), "htop-aot")
-    ok("upgrade", *layered.args())
-    new = layered.machine.status()[0]
-    assert new["version"] == "1.1"
-    assert new["base-checksum"] == layered.machine.served.images.checksum("1.1")
-    assert new["requested-packages"] == ["htop-aot"]
+    layered.change(HTOP)
+    progress = Recorder()
+    layered.change(Upgrade(), progress)
+    new = layered.machine.deployments()[0]
+    assert new.version == "1.1"
+    assert new.base_checksum == layered.machine.served.images.checksum("1.1")
+    assert new.requested_packages == ("htop-aot",)
     root = layered.deployment()
     assert (root / "usr/bin/htop-aot").exists()
     assert (root / "usr/bin/hello-aot").read_text().endswith("hello 1.1\n")
     layered.machine.fsck()
     # no deployment of the new base: its checkout is kept for the next change, made once
-    assert [p.name for p in base_trees(layered).iterdir()] == [new["base-checksum"]]
-    more = ok("install", *layered.args(), "state-aot")
-    assert "Checking out base" not in more.stdout
+    assert "Checking out base" in progress.steps
+    assert [p.name for p in base_trees(layered).iterdir()] == [new.base_checksum]
+    more = Recorder()
+    layered.change(Install(packages=("state-aot",)), more)
+    assert "Checking out base" not in more.steps
     assert (layered.deployment() / "usr/bin/state-aot").exists()
     assert (layered.deployment() / "usr/bin/htop-aot").exists()
-    cleaned = ok("cleanup", *layered.args(), "-b")
-    assert "Removed the cached checkout of the base" in cleaned.stdout
+    cleaned = layered.change(Cleanup(base=True))
+    assert "Removed the cached checkout of the base" in cleaned.lines
     assert not base_trees(layered).exists()
     layered.machine.fsck()
 
@@ -165,19 +202,20 @@ def test_uninstall_and_reset(layered: Layered) -> None:
     path = layered.machine.path
     relative = cli("install", "--sysroot", path.name, "htop-aot", "state-aot", cwd=path.parent)
     assert relative.returncode == 0, relative.stderr
-    ok("uninstall", *layered.args(), "htop-aot")
-    assert layered.machine.status()[0]["requested-packages"] == ["state-aot"]
+    assert layered.machine.deployments()[0].requested_packages == ("htop-aot", "state-aot")
+    layered.change(Uninstall(packages=("htop-aot",)))
+    assert layered.machine.deployments()[0].requested_packages == ("state-aot",)
     assert not (layered.deployment() / "usr/bin/htop-aot").exists()
-    bad = cli("uninstall", *layered.args(), "nosuch-aot")
-    assert bad.returncode == 1 and "not a layered package" in bad.error_line
-    ok("reset", *layered.args())
-    new = layered.machine.status()[0]
-    assert new["requested-packages"] == []
-    assert new["checksum"] == layered.machine.served.images.checksum("1.0")  # the base again
+    with pytest.raises(LayeringError, match="nosuch-aot is not a layered package"):
+        layered.machine.run(Uninstall(packages=("nosuch-aot",)))
+    layered.change(Reset())
+    new = layered.machine.deployments()[0]
+    assert new.requested_packages == ()
+    assert new.checksum == layered.machine.served.images.checksum("1.0")  # the base again
 
 
 def test_var_and_opt_content_is_translated(layered: Layered) -> None:
-    ok("install", *layered.args(), "state-aot")
+    layered.change(Install(packages=("state-aot",)))
     root = layered.deployment()
     tmpfiles = "".join(p.read_text() for p in (root / "usr/lib/tmpfiles.d").glob("*.conf"))
     assert "/var/lib/state-aot" in tmpfiles
@@ -186,30 +224,31 @@ def test_var_and_opt_content_is_translated(layered: Layered) -> None:
 
 def test_package_already_in_the_base_needs_allow_inactive(layered: Layered) -> None:
     before = layered.machine.snapshot()
-    bad = cli("install", *layered.args(), "hello-aot")
-    assert bad.returncode == 1 and "--allow-inactive" in bad.error_line
+    with pytest.raises(PackageError, match="--allow-inactive"):
+        layered.machine.run(Install(packages=("hello-aot",)))
     assert layered.machine.snapshot() == before
-    ok("install", *layered.args(), "hello-aot", "--allow-inactive")
-    assert layered.machine.status()[0]["requested-packages"] == ["hello-aot"]
+    layered.change(Install(packages=("hello-aot",), allow_inactive=True))
+    assert layered.machine.deployments()[0].requested_packages == ("hello-aot",)
 
 
 @pytest.mark.parametrize(
-    ("packages", "expected"),
+    ("packages", "error", "expected"),
     [
-        (["nosuch-one", "nosuch-two"], ["nosuch-one", "nosuch-two"]),
-        (["conflict-aot"], ["conflict-aot", "hello-aot"]),
-        (["newer-base-aot"], ["hello-aot"]),
-        (["failing-aot"], ["failing-aot", "postinst"]),
+        (["nosuch-one", "nosuch-two"], PackageError, ["nosuch-one", "nosuch-two"]),
+        (["conflict-aot"], PackageError, ["conflict-aot", "hello-aot"]),
+        (["newer-base-aot"], PackageError, ["hello-aot"]),
+        (["failing-aot"], LayeringError, ["failing-aot", "postinst"]),
     ],
 )
 def test_bad_requests_change_nothing(
-    layered: Layered, packages: list[str], expected: list[str]
+    layered: Layered, packages: list[str], error: type[AptOstreeError], expected: list[str]
 ) -> None:
     before = layered.machine.snapshot()
-    bad = cli("install", *layered.args(), *packages)
-    assert bad.returncode == 1
+    with pytest.raises(error) as caught:
+        layered.machine.run(Install(packages=tuple(packages)))
     for word in expected:
-        assert word in bad.error_line
+        assert word in str(caught.value)
+    assert "\n" not in str(caught.value)  # one line for the CLI's `error:`
     assert layered.machine.snapshot() == before
     layered.machine.fsck()
 
@@ -219,44 +258,45 @@ def test_local_deb(layered: Layered, tmp_path: Path) -> None:
         DebSpec(name="local-aot", depends="libhtop-aot", files={"/usr/bin/local-aot": "x\n"}),
         tmp_path,
     )
-    ok("install", *layered.args(), str(deb))
-    new = layered.machine.status()[0]
-    assert new["requested-local-packages"] == ["local-aot_1.0_all.deb"]
+    layered.change(Install(packages=(str(deb),)))
+    new = layered.machine.deployments()[0]
+    assert new.requested_local_packages == ("local-aot_1.0_all.deb",)
     assert (layered.deployment() / "usr/bin/local-aot").exists()
     assert (layered.deployment() / "usr/lib/libhtop-aot.so").exists()  # its dependency
     corrupt = tmp_path / "corrupt_1.0_all.deb"
     corrupt.write_bytes(b"not a deb")
-    bad = cli("install", *layered.args(), str(corrupt))
-    assert bad.returncode == 1 and "corrupt_1.0_all.deb" in bad.error_line
+    with pytest.raises(LayeringError, match="corrupt_1.0_all.deb"):
+        layered.machine.run(Install(packages=(str(corrupt),)))
 
 
 def test_overrides(layered: Layered) -> None:
-    bad = cli("override", "remove", *layered.args(), "hello-aot-data")
-    assert bad.returncode == 1 and "hello-aot" in bad.error_line  # hello-aot needs it
-    bad = cli("override", "remove", *layered.args(), "nosuch-aot")
-    assert bad.returncode == 1 and "nosuch-aot" in bad.error_line
-    ok("override", "remove", *layered.args(), "legacy-aot")
-    new = layered.machine.status()[0]
-    assert new["requested-base-removals"] == ["legacy-aot"]
+    with pytest.raises(PackageError, match="hello-aot"):  # hello-aot needs it
+        layered.machine.run(OverrideRemove(packages=("hello-aot-data",)))
+    with pytest.raises(LayeringError, match="nosuch-aot"):
+        layered.machine.run(OverrideRemove(packages=("nosuch-aot",)))
+    layered.change(OverrideRemove(packages=("legacy-aot",)))
+    new = layered.machine.deployments()[0]
+    assert new.requested_base_removals == ("legacy-aot",)
     status = (layered.deployment() / "usr/lib/sysimage/dpkg/status").read_text()
     assert "Package: legacy-aot" not in status
-    ok("override", "replace", *layered.args(), "hello-aot=1.1")
+    layered.change(OverrideReplace(packages=("hello-aot=1.1",)))
     assert (layered.deployment() / "usr/bin/hello-aot").read_text().endswith("hello 1.1\n")
-    assert "ReplacedBasePackages: hello-aot=1.1" in ok("status", *layered.args()).stdout
-    ok("override", "reset", *layered.args(), "--all")
-    new = layered.machine.status()[0]
-    assert new["requested-base-removals"] == []
-    assert new["checksum"] == layered.machine.served.images.checksum("1.0")
+    assert "ReplacedBasePackages: hello-aot=1.1" in status_text(layered)
+    layered.change(OverrideReset(all_=True))
+    new = layered.machine.deployments()[0]
+    assert new.requested_base_removals == () and new.requested_base_replacements == ()
+    assert new.checksum == layered.machine.served.images.checksum("1.0")
 
 
 def test_db_diff_shows_layered_changes_and_search(layered: Layered) -> None:
-    ok("install", *layered.args(), "htop-aot")
-    diff = ok("db", "diff", *layered.args(), "1", "0").stdout
-    assert "htop-aot" in diff.split("Added:")[1]
-    found = ok("search", *layered.args(), "htop").stdout
-    assert "htop-aot 3.2" in found
-    doc = json.loads(ok("status", *layered.args(), "--json").stdout)
-    assert doc["deployments"][0]["packages"] == ["htop-aot"]
+    layered.change(HTOP)
+    diff = layered.machine.run(DbDiff(from_rev="1", to_rev="0"))
+    assert isinstance(diff, CommitDiff)
+    assert "htop-aot" in [c.name for c in diff.diff.added]
+    found = layered.machine.run(Search(patterns=("htop",)))
+    assert isinstance(found, tuple)
+    assert ("htop-aot", "3.2") in [(m.name, m.version) for m in found]
+    assert layered.machine.status()[0]["packages"] == ["htop-aot"]
 
 
 def test_users_from_scripts_reach_an_edited_etc_passwd(layered: Layered, tmp_path: Path) -> None:
@@ -280,8 +320,9 @@ def test_users_from_scripts_reach_an_edited_etc_passwd(layered: Layered, tmp_pat
         ),
         tmp_path,
     )
-    result = ok("install", *layered.args(), str(deb))
-    assert "svcaot" in result.stderr  # said what it added
+    progress = Recorder()
+    layered.change(Install(packages=(str(deb),)), progress)
+    assert any("svcaot" in m for m in progress.messages)  # said what it added
     new = layered.deployment()
     passwd = (new / "etc/passwd").read_text()
     assert "localadmin:x:1500" in passwd and "svcaot:x:990" in passwd
@@ -294,22 +335,56 @@ def test_users_from_scripts_reach_an_edited_etc_passwd(layered: Layered, tmp_pat
 
 def test_initramfs_regenerated_on_the_client_and_kept_across_upgrades(layered: Layered) -> None:
     kver = layered.machine.served.images.kernel_version
-    ok("initramfs", *layered.args(), "--enable", "--arg=--add-drivers", "--arg=virtio_blk")
-    new = layered.machine.status()[0]
-    assert new["regenerate-initramfs"] is True
-    assert new["initramfs-args"] == ["--add-drivers", "virtio_blk"]
+    layered.change(Initramfs(enable=True, arg=("--add-drivers", "virtio_blk")))
+    new = layered.machine.deployments()[0]
+    assert new.regenerate_initramfs is True
+    assert new.initramfs_args == ("--add-drivers", "virtio_blk")
     image = layered.deployment() / f"usr/lib/modules/{kver}/initramfs.img"
     assert "--add-drivers virtio_blk" in image.read_text()  # the test dracut records its args
-    assert "Initramfs regeneration: enabled" in ok("initramfs", *layered.args()).stdout
-    ok("upgrade", *layered.args())
+    shown = layered.change(Initramfs())
+    assert not shown.changed
+    assert shown.lines == ("Initramfs regeneration: enabled (arguments: --add-drivers virtio_blk)",)
+    layered.change(Upgrade())
     upgraded = layered.deployment() / f"usr/lib/modules/{kver}/initramfs.img"
     assert "--add-drivers virtio_blk" in upgraded.read_text()
-    assert layered.machine.status()[0]["version"] == "1.1"
-    ok("initramfs", *layered.args(), "--disable")
+    assert layered.machine.deployments()[0].version == "1.1"
+    layered.change(Initramfs(disable=True))
     assert (
         "--add-drivers"
         not in (layered.deployment() / f"usr/lib/modules/{kver}/initramfs.img").read_text()
     )
+    with pytest.raises(LayeringError, match="not enabled"):
+        layered.machine.run(Initramfs(disable=True))
+    layered.machine.fsck()
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line
+
+
+def test_cli_install(layered: Layered) -> None:
+    result = ok("install", *layered.args(), "htop-aot")
+    assert "Added:" in result.stdout and "htop-aot" in result.stdout.split("Added:")[1]
+    assert "==> Resolving layered packages" in result.stderr  # progress on stderr
+    assert "Checking out base" not in result.stderr
+    assert "LayeredPackages: htop-aot" in ok("status", *layered.args()).stdout
+    again = cli("install", *layered.args(), "htop-aot")
+    assert again.returncode == 1 and "already requested" in again.error_line
+    idempotent = cli("install", *layered.args(), "htop-aot", "--idempotent",
+                     "--unchanged-exit-77")  # fmt: skip
+    assert idempotent.returncode == 77
+
+
+def test_cli_refusals_search_and_initramfs(layered: Layered) -> None:
+    before = layered.machine.snapshot()
+    bad = cli("install", *layered.args(), "nosuch-one", "nosuch-two")
+    assert bad.returncode == 1 and "nosuch-one" in bad.error_line
+    bad = cli("override", "remove", *layered.args(), "nosuch-aot")
+    assert bad.returncode == 1 and "nosuch-aot" in bad.error_line
     bad = cli("initramfs", *layered.args(), "--disable")
     assert bad.returncode == 1 and "not enabled" in bad.error_line
-    layered.machine.fsck()
+    assert cli("initramfs", *layered.args(), "--arg=x").returncode == 2
+    assert ok("initramfs", *layered.args()).stdout == "Initramfs regeneration: disabled\n"
+    found = ok("search", *layered.args(), "htop").stdout
+    assert found.startswith("htop-aot 3.2: ")
+    assert layered.machine.snapshot() == before

@@ -1,15 +1,22 @@
-"""Folder sysroots for client tests: the CLI run as a user runs it, served copies of the test
-images, and machines made from a template sysroot (tests/deploy/conftest.py has the fixtures)."""
+"""Folder sysroots for client tests: the verbs run through the typed core (`execute`, in this
+process) or through the CLI as a user runs it, served copies of the test images, and machines
+made from a template sysroot (tests/deploy/conftest.py has the fixtures)."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from apt_ostree.progress import Progress
+from apt_ostree.system.execute import execute
+from apt_ostree.system.requests import Init, Request
+from apt_ostree.system.results import DeploymentInfo, Outcome
+from apt_ostree.system.results import Result as VerbResult
+from apt_ostree.system.sysroot import System
+from apt_ostree.system.updates import init_sysroot
 from tests.support.httpd import Server
 from tests.support.images import Images
 
@@ -50,9 +57,28 @@ def ok(*args: str | Path) -> Result:
 
 
 def ostree(*args: str | Path) -> str:
-    return subprocess.run(
-        ["ostree", *map(str, args)], capture_output=True, text=True, check=True
-    ).stdout
+    argv = ["ostree", *map(str, args)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"{' '.join(argv)}: {proc.stderr}"
+    return proc.stdout
+
+
+@dataclass
+class Recorder(Progress):
+    """A progress sink that keeps what a verb reported: step titles, messages, live lines."""
+
+    steps: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    lives: list[str] = field(default_factory=list)
+
+    def step_begin(self, title: str) -> None:
+        self.steps.append(title)
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+    def live(self, text: str, *, final: bool = False) -> None:
+        self.lives.append(text)
 
 
 @dataclass
@@ -81,12 +107,35 @@ class Machine:
     served: Served
 
     def args(self) -> list[str]:
+        """The CLI's arguments that name this machine."""
         return ["--sysroot", str(self.path)]
 
+    def system(self, progress: Progress | None = None) -> System:
+        return System(self.path, "test", progress or Progress())
+
+    def run(self, request: Request, progress: Progress | None = None) -> VerbResult:
+        """Run a verb through the typed core, in this process (as `--sysroot` does)."""
+        return execute(self.system(progress), request)
+
+    def change(self, request: Request, progress: Progress | None = None) -> Outcome:
+        """Run a mutating verb through the core; its outcome."""
+        outcome = self.run(request, progress)
+        assert isinstance(outcome, Outcome), outcome
+        return outcome
+
+    def deployments(self) -> tuple[DeploymentInfo, ...]:
+        return self.system().status()
+
     def status(self) -> list[dict[str, object]]:
-        doc = json.loads(ok("status", *self.args(), "--json").stdout)
-        deployments: list[dict[str, object]] = doc["deployments"]
-        return deployments
+        """The deployments as `status --json` lists them."""
+        return [d.to_wire() for d in self.deployments()]
+
+    def root(self, index: int = 0) -> Path:
+        """The tree of deployment `index` (its id is `test-CHECKSUM.SERIAL`)."""
+        name = self.deployments()[index].id.removeprefix("test-")
+        path = self.path / "ostree/deploy/test/deploy" / name
+        assert path.is_dir(), path
+        return path
 
     def versions(self) -> list[object]:
         return [d["version"] for d in self.status()]
@@ -102,20 +151,24 @@ class Machine:
         ostree("fsck", f"--repo={self.path}/ostree/repo")
 
 
-def init(path: Path, served: Served, *extra: str, ref: str = "test/os") -> Machine:
-    ok(
-        "init",
-        "--sysroot",
-        path,
-        "--os",
-        "test",
-        "--remote",
-        f"origin={served.url}",
-        "--gpg-import",
-        served.images.gpg_key.keyring,
-        "--karg",
-        "console=ttyS0",
-        *extra,
-        ref,
-    )
+INIT_KARGS = ("console=ttyS0",)
+
+
+def init_request(served: Served, ref: str = "test/os") -> Init:
+    """`init` of `ref` from `served`, verified with the images' GPG key."""
+    keyring = str(served.images.gpg_key.keyring)
+    return Init(ref=ref, remote=f"origin={served.url}", gpg_import=keyring, karg=INIT_KARGS)
+
+
+def init_args(path: Path, served: Served, ref: str = "test/os") -> list[str]:
+    """The same `init` on the command line."""
+    keyring = str(served.images.gpg_key.keyring)
+    karg = [a for k in INIT_KARGS for a in ("--karg", k)]
+    return ["init", "--sysroot", str(path), "--os", "test", "--remote", f"origin={served.url}",
+            "--gpg-import", keyring, *karg, ref]  # fmt: skip
+
+
+def init(path: Path, served: Served, ref: str = "test/os") -> Machine:
+    """A sysroot at `path` with `ref` deployed, made by the core's `init`."""
+    init_sysroot(path, "test", init_request(served, ref), Progress())
     return Machine(path, served)

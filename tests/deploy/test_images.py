@@ -72,7 +72,10 @@ def test_commits_are_ed25519_signed(images: Images, tmp_path: Path) -> None:
     checksum = images.versions["1.0"]
     before = ostree(repo, "show", checksum)
     key = make_ed25519_key(tmp_path)
-    with pytest.raises(RepoError, match=rf"^cannot sign {checksum} with .*: .*not implemented"):
+    with pytest.raises(
+        RepoError,
+        match=rf"^cannot sign {checksum} with .*: this libostree .* is built without ed25519",
+    ):
         Repo.open(repo).ed25519_sign_commit(checksum, key.secret_file)
     assert ostree(repo, "show", checksum) == before
     assert "no errors found" in ostree(repo, "fsck")

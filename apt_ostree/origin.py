@@ -3,6 +3,12 @@
 The `.origin` file is libostree's GKeyFile. It is read and written here as text so that the
 model stays plain Python; `ostree.Sysroot.deploy` hands the text to libostree. List values
 use GKeyFile's `a;b;` form.
+
+A deployment whose commit is built on the base (layered packages, overrides, a regenerated
+initramfs) records its ref as `[origin] baserefspec`, as rpm-ostree does, not `refspec`:
+libostree takes `refspec` to name the deployed commit itself, and `ostree admin status` then
+checks that commit's signature against the remote's keys (a client-built commit has none) and
+fails. Both are read.
 """
 
 from __future__ import annotations
@@ -66,6 +72,18 @@ class Origin:
     def with_pin(self, checksum: str | None) -> Origin:
         return replace(self, override_commit=checksum)
 
+    @property
+    def layered(self) -> bool:
+        """Whether the deployed commit is built on the base (not the base itself)."""
+        return bool(
+            self.requested_packages
+            or self.requested_local_packages
+            or self.override_remove
+            or self.override_replace
+            or self.override_replace_local
+            or self.regenerate_initramfs
+        )
+
     @staticmethod
     def parse(text: str) -> Origin:
         parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
@@ -74,14 +92,16 @@ class Origin:
             parser.read_string(text)
         except configparser.Error as e:
             raise StateError(f"malformed origin: {e}") from e
-        if not parser.has_option("origin", "refspec"):
+        key = "refspec" if parser.has_option("origin", "refspec") else "baserefspec"
+        if not parser.has_option("origin", key):
             raise StateError(
                 "the origin has no [origin] refspec (container origins are not supported)"
             )
         # `unlocked` (usroverlay --hotfix) is the state of one deployment, which libostree
         # leaves to its callers to drop from the origins of new ones
         # (ostree_deployment_origin_remove_transient_state)
-        known = {("origin", "refspec"), ("origin", "override-commit"), ("origin", "unlocked")}
+        known = {("origin", "refspec"), ("origin", "baserefspec"), ("origin", "override-commit")}
+        known |= {("origin", "unlocked")}
         known |= {("aptostree", "regenerate-initramfs")} | set(_LISTS.values())
         lists = {
             name: _split_list(parser.get(group, key, fallback=""))
@@ -94,7 +114,7 @@ class Origin:
             if (group, key) not in known
         )
         try:
-            refspec = Refspec.parse(parser.get("origin", "refspec"))
+            refspec = Refspec.parse(parser.get("origin", key))
         except UsageError as e:
             raise StateError(f"malformed origin: {e}") from e
         return Origin(
@@ -108,7 +128,8 @@ class Origin:
         )
 
     def to_text(self) -> str:
-        groups: dict[str, dict[str, str]] = {"origin": {"refspec": str(self.refspec)}}
+        key = "baserefspec" if self.layered else "refspec"
+        groups: dict[str, dict[str, str]] = {"origin": {key: str(self.refspec)}}
         if self.override_commit:
             groups["origin"]["override-commit"] = self.override_commit
         for name, (group, key) in _LISTS.items():

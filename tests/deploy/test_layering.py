@@ -161,14 +161,17 @@ def test_install_layers_a_package_with_its_dependency(layered: Layered) -> None:
     assert metadata(layered, "aptostree.base-checksum") == f"'{base}'"
     assert "LayeredPackages: htop-aot" in status_text(layered)
     m.fsck()
-    # asking again is an error, unless --idempotent; neither deploys (`ostree admin status`,
-    # as in snapshot(), cannot show an unsigned layered commit of a GPG-verified remote)
-    before = m.deployments()
+    # the layered origin names its ref as baserefspec (rpm-ostree's key): libostree then does
+    # not check the client-built, unsigned commit against the remote's GPG keys
+    assert "baserefspec=origin:test/os" in (root.parent / f"{root.name}.origin").read_text()
+    # asking again is an error, unless --idempotent; neither deploys (`ostree admin status`
+    # shows the layered deployment)
+    before = m.snapshot()
     with pytest.raises(LayeringError, match="htop-aot is already requested"):
         m.run(HTOP)
     again = layered.change(Install(packages=("htop-aot",), idempotent=True))
     assert not again.changed and again.lines == ("No change.",)
-    assert m.deployments() == before
+    assert m.snapshot() == before
 
 
 def test_upgrade_reapplies_layers_onto_the_new_base(layered: Layered) -> None:

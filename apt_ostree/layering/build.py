@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,55 +121,38 @@ def layer_metadata(base: str, version: str | None, origin: Origin) -> dict[str, 
     }
 
 
-def build(
-    sysroot: ostree.Sysroot,
-    osname: str,
-    base: str,
-    origin: Origin,
-    *,
-    deployment: Path | None,
-    progress: Progress,
-    allow_inactive: bool = True,
-    recommends: bool = False,
-    refresh: bool | None = None,
-) -> tuple[str, LayerPlan]:
-    """The commit to deploy for `origin` on `base`: `base` itself when nothing is layered."""
-    checksum, plan = _layer(sysroot, osname, base, origin, deployment=deployment,
-                            progress=progress, allow_inactive=allow_inactive,
-                            recommends=recommends, refresh=refresh)  # fmt: skip
-    if origin.regenerate_initramfs:
-        checksum = regenerate_initramfs(sysroot, checksum, origin, progress=progress)
+@dataclass(frozen=True)
+class LayerTarget:
+    """What a layer is built for: a base commit of a stateroot, the origin's requests, and the
+    deployment whose /etc (its apt sources and keys) the packages come from."""
+
+    sysroot: ostree.Sysroot
+    osname: str
+    base: str
+    origin: Origin
+    deployment: Path | None
+    allow_inactive: bool = True
+    recommends: bool = False
+    refresh: bool | None = None  # lists: None as they age, True fetch, False as cached
+
+
+def build(target: LayerTarget, progress: Progress) -> tuple[str, LayerPlan]:
+    """The commit to deploy for the origin on the base: the base itself when nothing is
+    layered."""
+    checksum, plan = _layer(target, progress)
+    if target.origin.regenerate_initramfs:
+        checksum = regenerate_initramfs(target.sysroot, checksum, target.origin, progress=progress)
     return checksum, plan
 
 
-def _layer(
-    sysroot: ostree.Sysroot,
-    osname: str,
-    base: str,
-    origin: Origin,
-    *,
-    deployment: Path | None,
-    progress: Progress,
-    allow_inactive: bool,
-    recommends: bool,
-    refresh: bool | None,
-) -> tuple[str, LayerPlan]:
-    plan = layer_plan(
-        sysroot,
-        osname,
-        base,
-        origin,
-        deployment=deployment,
-        progress=progress,
-        allow_inactive=allow_inactive,
-        recommends=recommends,
-        refresh=refresh,
-    )
+def _layer(target: LayerTarget, progress: Progress) -> tuple[str, LayerPlan]:
+    plan = layer_plan(target, progress)
     if plan.is_empty():
-        return base, plan
+        return target.base, plan
     # imported here: a machine with nothing layered never loads apt or the assembler
     from apt_ostree.layering.assemble import assemble
 
+    sysroot, base = target.sysroot, target.base
     repo = sysroot.repo
     workdir = Path(
         tempfile.mkdtemp(prefix="apt-ostree-layer-", dir=sysroot.path / "ostree/repo/tmp")
@@ -178,9 +162,9 @@ def _layer(
             repo,
             base,
             plan,
-            lower=base_tree(sysroot, osname, base, progress=progress),
+            lower=base_tree(sysroot, target.osname, base, progress=progress),
             workdir=workdir,
-            metadata=layer_metadata(base, repo.read_commit(base).version, origin),
+            metadata=layer_metadata(base, repo.read_commit(base).version, target.origin),
             progress=progress,
         )
     finally:
@@ -188,37 +172,26 @@ def _layer(
     return checksum, plan
 
 
-def layer_plan(
-    sysroot: ostree.Sysroot,
-    osname: str,
-    base: str,
-    origin: Origin,
-    *,
-    deployment: Path | None,
-    progress: Progress,
-    allow_inactive: bool,
-    recommends: bool,
-    refresh: bool | None = None,
-    fetch: bool = True,
-) -> LayerPlan:
-    """What `origin` asks for, resolved on `base` (with fetch=False nothing is downloaded:
+def layer_plan(target: LayerTarget, progress: Progress, *, fetch: bool = True) -> LayerPlan:
+    """What the origin asks for, resolved on the base (with fetch=False nothing is downloaded:
     `install --dry-run`)."""
-    request = request_of(origin, local_dir(sysroot.path, osname), recommends=recommends)
+    local = local_dir(target.sysroot.path, target.osname)
+    request = request_of(target.origin, local, recommends=target.recommends)
     if request.is_empty():
         return LayerPlan()
     from apt_ostree.layering.resolve import plan_layer
 
     with (
         progress.step("Resolving layered packages"),
-        resolution_root(sysroot.repo, base, deployment) as root,
+        resolution_root(target.sysroot.repo, target.base, target.deployment) as root,
     ):
         return plan_layer(
             root,
             request,
-            cachedir=cache_dir(sysroot.path, osname),
+            cachedir=cache_dir(target.sysroot.path, target.osname),
             progress=progress,
-            allow_inactive=allow_inactive,
-            refresh=refresh,
+            allow_inactive=target.allow_inactive,
+            refresh=target.refresh,
             fetch=fetch,
         )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from apt_ostree import ostree
 from apt_ostree.errors import CommandError, DeploymentError, LayeringError, RepoError, UsageError
-from apt_ostree.layering.build import layer_plan, local_dir
+from apt_ostree.layering.build import LayerTarget, layer_plan, local_dir
 from apt_ostree.layering.build import refresh as layering_refresh
 from apt_ostree.layering.build import search as layering_search
 from apt_ostree.origin import Origin
@@ -73,10 +73,10 @@ def _dry_run(
     allow_inactive: bool,
 ) -> Outcome:
     """The package changes the new origin would make on the base, resolved and not fetched."""
-    plan = layer_plan(system.sysroot, system.osname(), base.checksum, origin,
-                      deployment=merge.path, progress=system.progress,
-                      allow_inactive=allow_inactive, recommends=system.settings.recommends,
-                      fetch=False)  # fmt: skip
+    recommends = system.settings.recommends
+    target = LayerTarget(system.sysroot, system.osname(), base.checksum, origin, merge.path,
+                         allow_inactive=allow_inactive, recommends=recommends)  # fmt: skip
+    plan = layer_plan(target, system.progress, fetch=False)
     layered = {(n, a): v for n, v, a in base.packages if n not in plan.remove}
     layered |= {(d.name, d.architecture): d.version for d in plan.install}
     after = [(n, v, a) for (n, a), v in layered.items()]

@@ -20,6 +20,7 @@ from apt_ostree import keys, ostree
 from apt_ostree.accounts import merge_accounts
 from apt_ostree.config import load_config
 from apt_ostree.errors import ConfigError, DeploymentError, StateError, UsageError
+from apt_ostree.layering.build import LayerTarget
 from apt_ostree.layering.build import build as build_layered
 from apt_ostree.origin import Origin, Refspec
 from apt_ostree.pkgdiff import diff_packages
@@ -282,16 +283,16 @@ class System:
         pristine base, never from the current deployment); return the deployed commit."""
         checksum = base
         if relayer:
-            checksum, _ = build_layered(
+            target = LayerTarget(
                 self.sysroot,
                 self.osname(),
                 base,
                 origin,
-                deployment=merge.path,
-                progress=self.progress,
+                merge.path,
                 allow_inactive=allow_inactive,
                 recommends=self.settings.recommends,
             )
+            checksum, _ = build_layered(target, self.progress)
         stage = self.sysroot.is_booted()
         if stage:  # after a reboot, apply-live's ref only pins an old commit
             drop_stale_ref(

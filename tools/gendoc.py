@@ -322,6 +322,11 @@ def _command_section(cmd: Command) -> str:
     return "".join(out)
 
 
+CLI_SYNOPSIS = """\
+.B apt\\-ostree
+[\\fIoptions\\fR] \\fIverb\\fR [\\fIverb options\\fR] [\\fIarguments\\fR]
+"""
+
 CLI_DESCRIPTION = """\
 apt-ostree manages a Debian system whose operating system is an immutable OSTree image:
 it upgrades, deploys and rolls back commits composed on a server, layers packages on top
@@ -336,19 +341,42 @@ The \\fBcompose\\fR verbs always run in this process.
 """
 
 
+def page(
+    name: str,
+    number: int,
+    date: str,
+    whatis: str,
+    synopsis: str,
+    body: Sequence[str],
+    see_also: Sequence[str],
+) -> str:
+    """A whole page: its header, NAME (`name - whatis`, what lexgrog reads), SYNOPSIS (roff),
+    the body, SEE ALSO (`apt-ostreed(8)`...)."""
+    refs = []
+    for ref in see_also:
+        ref_name, _, ref_number = ref.rstrip(")").partition("(")
+        refs.append(f".BR {_literal(ref_name)} ({ref_number})")
+    return "".join(
+        [
+            title(name, number, date),
+            sh("name"),
+            f"{_literal(name)} \\- {_text(whatis)}\n",
+            sh("synopsis"),
+            synopsis,
+            *body,
+            sh("see also"),
+            ",\n".join(refs) + "\n",
+        ]
+    )
+
+
 def cli_page(date: str) -> str:
     parser = build_parser()
     # the client's verbs first, the build server's last
     cmds = sorted(commands(parser), key=lambda c: c.words[0] == "compose")
     top = Command((), parser, "", ())
     common = next(c for c in cmds if c.words == VERBS[0].words).options(common=True)
-    out = [
-        title("apt-ostree", 8, date),
-        sh("name"),
-        r"apt\-ostree \- hybrid image/package system for Debian on libostree" + "\n",
-        sh("synopsis"),
-        r".B apt\-ostree" + "\n",
-        r"[\fIoptions\fR] \fIverb\fR [\fIverb options\fR] [\fIarguments\fR]" + "\n",
+    body = [
         sh("description"),
         CLI_DESCRIPTION,
         sh("options"),
@@ -365,13 +393,16 @@ def cli_page(date: str) -> str:
         tp("77", rf"nothing changed, with {bold('--unchanged-exit-77')}."),
         sh("files"),
         tp(bold("/etc/apt-ostreed.conf"), r"the daemon's settings: \fBapt\-ostreed.conf\fR(5)."),
-        sh("see also"),
-        r".BR apt\-ostreed (8)," + "\n",
-        r".BR apt\-ostreed.conf (5)," + "\n",
-        r".BR apt\-ostree\-treefile (5)," + "\n",
-        ".BR ostree (1)\n",
     ]
-    return "".join(out)
+    return page(
+        "apt-ostree",
+        8,
+        date,
+        "hybrid image/package system for Debian on libostree",
+        CLI_SYNOPSIS,
+        body,
+        ("apt-ostreed(8)", "apt-ostreed.conf(5)", "apt-ostree-treefile(5)", "ostree(1)"),
+    )
 
 
 # ---- pages from docs/ ----
@@ -379,17 +410,12 @@ def cli_page(date: str) -> str:
 
 def daemon_page(date: str) -> str:
     doc = read_doc(ROOT / "docs" / "daemon.md")
+    # "Running it" starts with the synopsis, a code block of one line
     running = doc.sections["Running it"]
-    kind, synopsis = next(_blocks(running))
-    assert kind == "code", "docs/daemon.md: Running it starts with the synopsis"
-    first = next(i for i, ln in enumerate(running) if ln.startswith("    "))
-    name, _, args = synopsis[0].partition(" ")
-    out = [
-        title("apt-ostreed", 8, date),
-        sh("name"),
-        r"apt\-ostreed \- the apt\-ostree system management daemon" + "\n",
-        sh("synopsis"),
-        f".B {_literal(name)}\n{lines(_literal(args))}\n",
+    first = next(i for i, ln in enumerate(running) if ln.strip())
+    assert running[first].startswith("    "), "docs/daemon.md: Running it starts with the synopsis"
+    name, _, args = running[first].strip().partition(" ")
+    body = [
         sh("description"),
         markdown(doc.intro),
         sh("options"),
@@ -401,12 +427,16 @@ def daemon_page(date: str) -> str:
         r"See \fBapt\-ostreed.conf\fR(5)." + "\n",
         section(doc, "Objects and interfaces", "D-Bus interface"),
         section(doc, "Files shipped (data/)", "files"),
-        sh("see also"),
-        r".BR apt\-ostree (8)," + "\n",
-        r".BR apt\-ostreed.conf (5)," + "\n",
-        ".BR polkit (8)\n",
     ]
-    return "".join(out)
+    return page(
+        "apt-ostreed",
+        8,
+        date,
+        "the apt-ostree system management daemon",
+        f".B {_literal(name)}\n{lines(_literal(args))}\n",
+        body,
+        ("apt-ostree(8)", "apt-ostreed.conf(5)", "polkit(8)"),
+    )
 
 
 CONF_SECTION = "Configuration: /etc/apt-ostreed.conf"
@@ -414,37 +444,38 @@ CONF_SECTION = "Configuration: /etc/apt-ostreed.conf"
 
 def conf_page(date: str) -> str:
     doc = read_doc(ROOT / "docs" / "daemon.md")
-    out = [
-        title("apt-ostreed.conf", 5, date),
-        sh("name"),
-        r"apt\-ostreed.conf \- settings of the apt\-ostree daemon" + "\n",
-        sh("synopsis"),
-        bold("/etc/apt-ostreed.conf") + "\n",
+    body = [
         sh("description"),
         markdown(doc.sections[CONF_SECTION]),
         section(doc, "Automatic updates"),
-        sh("see also"),
-        r".BR apt\-ostreed (8)," + "\n",
-        r".BR apt\-ostree (8)" + "\n",
     ]
-    return "".join(out)
+    return page(
+        "apt-ostreed.conf",
+        5,
+        date,
+        "settings of the apt-ostree daemon",
+        bold("/etc/apt-ostreed.conf") + "\n",
+        body,
+        ("apt-ostreed(8)", "apt-ostree(8)"),
+    )
 
 
 def treefile_page(date: str) -> str:
     doc = read_doc(ROOT / "docs" / "treefile.md")
-    out = [
-        title("apt-ostree-treefile", 5, date),
-        sh("name"),
-        r"apt\-ostree\-treefile \- the description of an image for apt\-ostree compose" + "\n",
-        sh("synopsis"),
-        r"\fBapt\-ostree compose tree\fR \fB\-\-repo\fR \fIREPO\fR \fITREEFILE\fR" + "\n",
+    body = [
         sh("description"),
         markdown(doc.intro),
         *(section(doc, heading) for heading in doc.sections),
-        sh("see also"),
-        r".BR apt\-ostree (8)" + "\n",
     ]
-    return "".join(out)
+    return page(
+        "apt-ostree-treefile",
+        5,
+        date,
+        "the description of an image for apt-ostree compose",
+        r"\fBapt\-ostree compose tree\fR \fB\-\-repo\fR \fIREPO\fR \fITREEFILE\fR" + "\n",
+        body,
+        ("apt-ostree(8)",),
+    )
 
 
 # ---- bash completion ----

@@ -15,12 +15,12 @@ def _run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_lint() -> None:
-    proc = _run(str(BIN / "ruff"), "check", "apt_ostree", "tests", "bench")
+    proc = _run(str(BIN / "ruff"), "check", "apt_ostree", "tests", "bench", "tools")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_ruff_format() -> None:
-    proc = _run(str(BIN / "ruff"), "format", "--check", "apt_ostree", "tests", "bench")
+    proc = _run(str(BIN / "ruff"), "format", "--check", "apt_ostree", "tests", "bench", "tools")
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -21,7 +21,7 @@ from apt_ostree.aptpkg.sources import read_host_sources, render_sources
 from tests.support.debian import CACHE
 
 SUITE = "trixie"
-# the .deb's Depends (tools/build-deb) and what the tests run in the root
+# the .deb's Depends (debian/control) and what the tests run in the root
 PACKAGES = (
     "python3-apt", "python3-gi", "gir1.2-ostree-1.0", "ostree", "python3-yaml",
     "python3-dasbus", "bubblewrap", "dbus", "systemd", "e2fsprogs", "gnupg", "dpkg-dev",

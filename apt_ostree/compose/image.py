@@ -37,10 +37,11 @@ from pathlib import Path
 
 from apt_ostree import ostree
 from apt_ostree.compose import grub
-from apt_ostree.errors import ImageError, UsageError
+from apt_ostree.errors import CommandError, ImageError, UsageError
 from apt_ostree.origin import Origin, Refspec
 from apt_ostree.progress import Progress, human_size
 from apt_ostree.run import run
+from apt_ostree.sandbox import Bind, run_in_tree
 
 MIB = 1024 * 1024
 SECTOR = 512
@@ -271,7 +272,11 @@ def write_disk(
 
 
 def _deploy(opts: ImageOptions, path: Path, kargs: Sequence[str], progress: Progress) -> str:
-    with progress.step(f"Deploying {opts.ref} into a scratch sysroot"):
+    """The sysroot of the image: its layout, remote and objects made here; the deployment
+    itself made by the image's own libostree (`deploy_with_tree`), so that what it writes
+    (boot entries, and on releases that have them composefs images) is what the image's
+    release does, not this build host's."""
+    with progress.step(f"Pulling {opts.ref} into a scratch sysroot"):
         sysroot = ostree.Sysroot.initialize(path, opts.osname)
         if opts.bootloader is Bootloader.GRUB:
             # libostree then rewrites /boot/loader/syslinux.cfg at every deployment write
@@ -287,12 +292,48 @@ def _deploy(opts: ImageOptions, path: Path, kargs: Sequence[str], progress: Prog
             )
         repo = sysroot.repo
         checksum = repo.pull_local(opts.repo, opts.ref, remote=remote.name if remote else None)
-        origin = Origin(Refspec(remote.name if remote else None, opts.ref)).to_text()
-        with sysroot.locked():
-            sysroot.deploy(opts.osname, checksum, origin, merge=None, kargs=kargs, stage=False)
-        deployment = sysroot.deployments()[0]
-        _write_etc(deployment.path / "etc", opts.etc_files)
+    origin = Origin(Refspec(remote.name if remote else None, opts.ref)).to_text()
+    with progress.step(f"Deploying {checksum[:12]}"):
+        tree = path.parent / "tree"
+        repo.checkout_hardlinked(checksum, tree)
+        if (tree / "usr/bin/ostree").exists():
+            version = deploy_with_tree(tree, path, opts.osname, checksum, origin, kargs)
+            progress.message(f"    deployed with the image's own libostree {version}")
+        else:  # an image without the ostree command: this host's libostree deploys it
+            with sysroot.locked():
+                sysroot.deploy(opts.osname, checksum, origin, merge=None, kargs=kargs, stage=False)
+            progress.message("    deployed with this host's libostree (the image has no ostree)")
+        ostree.remove_sysroot(tree)
+    deployment = ostree.Sysroot(path).deployments()[0]
+    _write_etc(deployment.path / "etc", opts.etc_files)
     return checksum
+
+
+def deploy_with_tree(
+    tree: Path, sysroot: Path, osname: str, checksum: str, origin: str, kargs: Sequence[str]
+) -> str:
+    """`ostree admin deploy` of `checksum` into `sysroot`, run from the commit's own tree (a
+    hardlinked checkout, bound read-only) in bubblewrap, as bootc installs from the image it
+    runs. Returns the tree's libostree version."""
+    (tree / "etc").mkdir(exist_ok=True)  # a mount point in the checkout's folder, no object
+    origin_file = sysroot / "ostree" / "apt-ostree-image.origin"
+    origin_file.write_text(origin)
+    binds = (Bind(tree / "usr/etc", "/etc", readonly=True), Bind(sysroot, "/sysroot"))
+    try:
+        version = run_in_tree(tree, ["ostree", "--version"], binds=binds, readonly=True).stdout
+        argv = [
+            "ostree", "admin", "deploy", "--sysroot=/sysroot", f"--os={osname}", "--no-merge",
+            "--origin-file=/sysroot/ostree/apt-ostree-image.origin",
+            # --karg-append: --karg would let a later console= replace an earlier one
+            *(f"--karg-append={k}" for k in kargs), checksum,
+        ]  # fmt: skip
+        run_in_tree(tree, argv, binds=binds, readonly=True, what="ostree admin deploy")
+    except CommandError as e:
+        raise ImageError(f"the image's libostree could not deploy it: {e}") from e
+    finally:
+        origin_file.unlink(missing_ok=True)
+    m = re.search(r"Version: '([^']+)'", version)
+    return m.group(1) if m else "(unknown version)"
 
 
 def _write_etc(etc: Path, files: Mapping[str, bytes]) -> None:

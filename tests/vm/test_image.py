@@ -43,6 +43,8 @@ def test_qcow2_image_has_the_layout_remote_and_entries(
     assert f"Wrote {disk}" in result.stdout and "quiet" in result.stdout
     for step in ("Deploying", "Partitioning", "EFI system partition", "root filesystem", "qcow2"):
         assert step in result.stderr
+    # the image's own libostree (its release's) made the deployment, not this host's
+    assert "deployed with the image's own libostree" in result.stderr
     info = subprocess.run(["qemu-img", "info", disk], capture_output=True, text=True, check=True)
     assert "file format: qcow2" in info.stdout
     raw = tmp_path / "disk.raw"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.aptrepo import AptRepo, GpgKey, shared_gpg_key
-from tests.support.debs import DebSpec, build_deb
+from tests.support.debian import EXAMPLES, compose_from_archive
+from tests.support.debs import EPOCH, DebSpec, build_deb
 from tests.support.httpd import Server, serve_directory
 from tests.support.images import Images, compose_images
 
@@ -47,3 +48,13 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     """test/os 1.0 and 1.1 and test/other 2.0, signed, in an archive repository with a
     summary (see tests/support/images.py). Composed once per session (about 2 minutes)."""
     return compose_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="session")
+def minimal_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/minimal.yaml composed from the Debian archive into a fresh archive repository
+    (so its first version, 12.0), once per session: tests/compose/test_compose_debian.py checks
+    the tree, tests/vm/test_grub.py makes a GRUB image of it. Read it, never compose into it."""
+    repo = tmp_path_factory.mktemp("minimal") / "repo"
+    compose_from_archive(EXAMPLES / "minimal.yaml", repo, env={"SOURCE_DATE_EPOCH": str(EPOCH)})
+    return repo

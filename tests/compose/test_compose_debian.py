@@ -9,29 +9,18 @@ from pathlib import Path
 import pytest
 
 from tests.compose.test_compose import cli, metadata, ostree
-from tests.support.debian import CACHE
+from tests.support.debian import CACHE, EXAMPLES, MINIMAL_REF
 from tests.support.httpd import serve_directory
 from tests.support.images import remove_sysroot
 
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
-REF = "debian/bookworm/amd64/minimal"
+REF = MINIMAL_REF
 
 pytestmark = [pytest.mark.network]
 
 
 @pytest.mark.slow
-def test_minimal_example_is_a_bootable_tree(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    result = cli(
-        "compose",
-        "tree",
-        EXAMPLES / "minimal.yaml",
-        "--repo",
-        repo,
-        "--cachedir",
-        CACHE / "compose",
-    )
-    assert result.returncode == 0, result.stderr
+def test_minimal_example_is_a_bootable_tree(minimal_example: Path, tmp_path: Path) -> None:
+    repo = minimal_example  # composed (successfully) from the archive by the session fixture
     assert metadata(repo, REF, "version") == "'12.0'"
     packages = str(metadata(repo, REF, "aptostree.packages"))
     for name in ("linux-image-cloud-amd64", "systemd-sysv", "dracut", "ostree-boot", "apt"):

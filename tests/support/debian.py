@@ -1,15 +1,26 @@
-"""Real Debian packages for tests, fetched once through the host's apt sources.
+"""Real Debian packages for tests, fetched once through the host's apt sources, and composes
+from the Debian archive.
 
 Composes in tests need a real Essential set (dpkg, libc, coreutils ...): it is resolved and
 downloaded with the project's own resolver from the host's sources into a cache that outlives
 the test session, then published into the local test repository next to the packages the
 tests build, so each compose runs against a small, local, signed repository.
+
+Composes of whole systems (examples/minimal.yaml, with or without apt-ostree in it) use the
+archive itself, with `compose tree --cachedir CACHE/compose` (`compose_from_archive`).
+
+Test sessions running at the same time (pytest-xdist's workers, or two runs) share CACHE:
+each use of its apt roots takes `cache_lock` first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Sequence
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from apt_ostree.aptpkg.host import native_architecture
@@ -20,6 +31,18 @@ from apt_ostree.progress import Progress
 
 SUITE = "bookworm"
 CACHE = Path(os.environ.get("APT_OSTREE_TEST_CACHE", "/var/cache/apt-ostree-tests"))
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+MINIMAL_REF = f"debian/{SUITE}/amd64/minimal"  # examples/minimal.yaml's ref
+
+
+@contextlib.contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (made with its folders): users of the same cached
+    files take turns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def host_apt_root(cache: Path = CACHE) -> AptRoot:
@@ -37,7 +60,27 @@ def fetch_debian_debs(
     packages: Sequence[str] = (), *, variant: Variant = Variant.ESSENTIAL, cache: Path = CACHE
 ) -> list[Path]:
     """Resolve `variant` + `packages` against the host's sources and download the closure."""
-    apt = host_apt_root(cache)
-    apt.update(Progress())
-    resolved = resolve(apt, Request(variant=variant, packages=tuple(packages), suite=SUITE))
-    return apt.download(resolved, Progress())
+    with cache_lock(cache / "apt.lock"):
+        apt = host_apt_root(cache)
+        apt.update(Progress())
+        resolved = resolve(apt, Request(variant=variant, packages=tuple(packages), suite=SUITE))
+        return apt.download(resolved, Progress())
+
+
+def compose_from_archive(
+    treefile: Path, repo: Path, *, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`apt-ostree compose tree TREEFILE --repo REPO` with the shared --cachedir CACHE/compose;
+    `env` adds to the environment. AssertionError (with compose's stderr) when it fails."""
+    cachedir = CACHE / "compose"
+    with cache_lock(cachedir / "lock"):
+        result = subprocess.run(
+            [sys.executable, "-m", "apt_ostree.cli.main", "compose", "tree", str(treefile),
+             "--repo", str(repo), "--cachedir", str(cachedir)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result

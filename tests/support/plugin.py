@@ -1,4 +1,14 @@
-"""pytest fixtures every test may use: .deb builder, signed apt repository, loopback HTTP."""
+"""pytest fixtures every test may use: .deb builder, signed apt repository, loopback HTTP; and
+the split of the suite between pytest-xdist's two workers.
+
+tools/test runs `pytest -n 2 --dist loadgroup`: every test is in one of two groups (by its
+path), and each group runs whole on one worker, in the usual order. VM_GROUP holds the tests of
+the image with apt-ostree inside (tests/vm/conftest.py's `apt_ostree_repo`), which boot it
+under qemu (one vCPU: about one core) for about 15 minutes; HOST_GROUP everything else, the
+minimal example's compose and GRUB boot included (about as long, measured). A session fixture
+is made once per worker, so each expensive one is used by one group only: nothing is composed
+twice.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +17,36 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 from tests.support.aptrepo import AptRepo, GpgKey, shared_gpg_key
-from tests.support.debs import DebSpec, build_deb
+from tests.support.debian import EXAMPLES, compose_from_archive
+from tests.support.debs import EPOCH, DebSpec, build_deb
 from tests.support.httpd import Server, serve_directory
 from tests.support.images import Images, compose_images
+
+VM_GROUP = "vm"
+HOST_GROUP = "host"
+VM_GROUP_TESTS = ("tests/vm/test_boot.py", "tests/vm/test_image.py", "tests/vm/test_live.py")
+
+
+def xdist_group(nodeid: str) -> str:
+    return VM_GROUP if nodeid.startswith(VM_GROUP_TESTS) else HOST_GROUP
+
+
+class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist has no types
+    """xdist's scheduling by scope, the scope of a test being its `xdist_group`: each of the two
+    groups goes whole to one worker. (Not xdist's own loadgroup: that one marks the groups by
+    rewriting Item._nodeid, which pytest 9 no longer reads.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return xdist_group(nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> GroupScheduling | None:
+    """`--dist loadgroup` schedules by `xdist_group`; other modes are xdist's own."""
+    return GroupScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +82,13 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
     """test/os 1.0 and 1.1 and test/other 2.0, signed, in an archive repository with a
     summary (see tests/support/images.py). Composed once per session (about 2 minutes)."""
     return compose_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="session")
+def minimal_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/minimal.yaml composed from the Debian archive into a fresh archive repository
+    (so its first version, 12.0), once per session: tests/compose/test_compose_debian.py checks
+    the tree, tests/vm/test_grub.py makes a GRUB image of it. Read it, never compose into it."""
+    repo = tmp_path_factory.mktemp("minimal") / "repo"
+    compose_from_archive(EXAMPLES / "minimal.yaml", repo, env={"SOURCE_DATE_EPOCH": str(EPOCH)})
+    return repo

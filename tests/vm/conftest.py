@@ -4,14 +4,10 @@ of it for qemu."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,21 +19,8 @@ from apt_ostree.compose import image
 from apt_ostree.progress import Progress
 from tests.support import vm
 from tests.support.aptrepo import AptRepo, GpgKey
-from tests.support.debian import CACHE, SUITE
+from tests.support.debian import CACHE, EXAMPLES, SUITE, cache_lock, compose_from_archive
 from tests.support.debs import EPOCH
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def compose(repo: Path, treefile: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "apt_ostree.cli.main", "compose", "tree", str(treefile),
-         "--repo", str(repo), "--cachedir", str(CACHE / "compose")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
 
 
 def build(
@@ -143,28 +126,19 @@ def next_treefile(folder: Path, treefile: Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Sessions running at the same time take turns at the shared cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
-
 @pytest.fixture(scope="session")
 def apt_ostree_repo(gpg_test_key: GpgKey) -> ComposedRepo:
     """The minimal example plus apt-ostree (built from this checkout), composed into the
     cached APT_OSTREE_REPO under APT_OSTREE_REF; and its next version under NEXT_REF."""
-    with _locked(APT_OSTREE_DEBS / "lock"):
+    with cache_lock(APT_OSTREE_DEBS / "lock"):
         shutil.rmtree(APT_OSTREE_DEBS / "build", ignore_errors=True)
         deb = build_apt_ostree_deb(APT_OSTREE_DEBS / "build")
         debs = publish_apt_ostree(deb, gpg_test_key)
         treefile = apt_ostree_treefile(APT_OSTREE_DEBS, debs)
-        compose(APT_OSTREE_REPO, treefile)
+        compose_from_archive(treefile, APT_OSTREE_REPO)
         # composed after the first (a newer timestamp: an upgrade, not a downgrade); a no-change
         # compose when the first did not change either
-        compose(APT_OSTREE_REPO, next_treefile(APT_OSTREE_DEBS, treefile))
+        compose_from_archive(next_treefile(APT_OSTREE_DEBS, treefile), APT_OSTREE_REPO)
         repo = ostree.Repo.open(APT_OSTREE_REPO)
         first, second = repo.resolve_ref(APT_OSTREE_REF), repo.resolve_ref(NEXT_REF)
     assert first and second

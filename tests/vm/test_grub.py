@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,15 +15,12 @@ from apt_ostree.compose import grub, image
 from apt_ostree.ostree import remove_sysroot as remove_tree
 from apt_ostree.progress import Progress
 from tests.support import vm
-from tests.support.debian import CACHE
+from tests.support.debian import MINIMAL_REF
 from tests.vm.test_image import debugfs
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-REF = "debian/bookworm/amd64/minimal"
-# the minimal example, composed once and kept (a no-change compose takes seconds)
-MINIMAL_REPO = CACHE / "vm" / "repo"
+REF = MINIMAL_REF  # of the session's `minimal_example` (tests/support/plugin.py)
 
 
 class BiosVM(vm.VM):
@@ -48,26 +44,11 @@ def bios_boot(disk: Path, workdir: Path) -> Iterator[BiosVM]:
 
 
 @pytest.fixture(scope="module")
-def minimal_repo() -> Path:
-    MINIMAL_REPO.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "apt_ostree.cli.main", "compose", "tree",
-         str(EXAMPLES / "minimal.yaml"), "--repo", str(MINIMAL_REPO),
-         "--cachedir", str(CACHE / "compose")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return MINIMAL_REPO
-
-
-@pytest.fixture(scope="module")
-def grub_image(minimal_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def grub_image(minimal_example: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A raw grub image of the minimal example, with the VM agent in its /etc."""
     output = tmp_path_factory.mktemp("grub") / "grub.raw"
     opts = image.ImageOptions(
-        repo=MINIMAL_REPO,
+        repo=minimal_example,
         ref=REF,
         output=output,
         bootloader=image.Bootloader.GRUB,
@@ -77,12 +58,12 @@ def grub_image(minimal_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return output
 
 
-def parts(disk: Path) -> list[image.Partition]:
-    return image.layout(image.ImageOptions(repo=MINIMAL_REPO, ref=REF, output=disk))
+def parts(repo: Path, disk: Path) -> list[image.Partition]:
+    return image.layout(image.ImageOptions(repo=repo, ref=REF, output=disk))
 
 
-def test_grub_image_layout(grub_image: Path) -> None:
-    bios, esp, boot, root = parts(grub_image)
+def test_grub_image_layout(minimal_example: Path, grub_image: Path) -> None:
+    bios, esp, boot, root = parts(minimal_example, grub_image)
     with grub_image.open("rb") as f:
         mbr = f.read(512)
         f.seek(bios.start)
@@ -128,7 +109,7 @@ def grub_default(syslinux_cfg: Path) -> str:
     return next(line for line in entry.splitlines() if "linux$linux_suffix" in line)
 
 
-def test_syslinux_cfg_follows_deploys_and_a_rollback(minimal_repo: Path, tmp_path: Path) -> None:
+def test_syslinux_cfg_follows_deploys_and_a_rollback(minimal_example: Path, tmp_path: Path) -> None:
     """A folder sysroot set up as in a grub image: each deployment write (a deploy, a rollback
     as a reordered list) leaves a syslinux.cfg whose GRUB default is the first deployment."""
     path = tmp_path / "sysroot"
@@ -136,7 +117,7 @@ def test_syslinux_cfg_follows_deploys_and_a_rollback(minimal_repo: Path, tmp_pat
         sysroot = ostree.Sysroot.initialize(path, "debian")
         sysroot.repo.set_config("sysroot", "bootloader", "syslinux")
         grub.seed_boot(path / "boot")
-        checksum = sysroot.repo.pull_local(minimal_repo, REF, remote=None)
+        checksum = sysroot.repo.pull_local(minimal_example, REF, remote=None)
         origin = f"[origin]\nrefspec={REF}\n"
         with sysroot.locked():
             sysroot.deploy("debian", checksum, origin, merge=None, kargs=["k=a"], stage=False)

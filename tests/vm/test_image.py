@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,9 +15,10 @@ from tests.vm.conftest import ComposedRepo
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 
-def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def cli(*args: str | Path, tmpdir: Path | None = None) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "apt_ostree.cli.main", "compose", "image", *map(str, args)]
-    return subprocess.run(argv, capture_output=True, text=True, check=False)
+    env = {**os.environ, "TMPDIR": str(tmpdir)} if tmpdir else None
+    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
 
 
 def debugfs(raw: Path, part: image.Partition, request: str) -> str:
@@ -69,13 +70,16 @@ def test_qcow2_image_has_the_layout_remote_and_entries(
 
 def test_failed_image_leaves_nothing_behind(apt_ostree_repo: ComposedRepo, tmp_path: Path) -> None:
     repo, ref = apt_ostree_repo.path, apt_ostree_repo.ref
-    before = set(Path(tempfile.gettempdir()).glob("apt-ostree-image-*"))
-    disk = tmp_path / "disk.raw"
-    result = cli("--repo", repo, "--ref", ref, "--size", "1100M", disk)
+    # a temporary folder of its own (other tests may build images meanwhile)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    result = cli("--repo", repo, "--ref", ref, "--size", "1100M", out / "disk.raw", tmpdir=tmp)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: the sysroot needs")
-    assert list(tmp_path.iterdir()) == []  # neither the image nor a partial one
-    assert set(Path(tempfile.gettempdir()).glob("apt-ostree-image-*")) == before
+    assert list(out.iterdir()) == []  # neither the image nor a partial one
+    assert list(tmp.iterdir()) == []  # nor its scratch folder (apt-ostree-image-*)
 
 
 def test_usage_errors(apt_ostree_repo: ComposedRepo, tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 import shlex
-import time
 from pathlib import Path
 
 import pytest
@@ -61,15 +60,6 @@ def point_apt_at(guest: vm.VM, apt: AptRepo, url: str) -> None:
     put(guest, "/etc/apt/keyrings/apt-ostree-test.gpg", apt.keyring.read_bytes())
     source = apt.deb822_source(url, signed_by=Path("/etc/apt/keyrings/apt-ostree-test.gpg"))
     put(guest, "/etc/apt/sources.list.d/apt-ostree-test.sources", source.encode())
-
-
-def reboot(guest: vm.VM) -> None:
-    """`VM.reboot` sends `systemctl --no-block reboot` and waits for the agent's answer, which
-    the shutdown can kill first (seen here: the next boot's READY came, the answer never did):
-    the reboot is started a second later instead, after the agent answered."""
-    guest.check("systemd-run --on-active=1 systemctl reboot")
-    guest.started = time.monotonic()
-    guest.wait_ready(300)
 
 
 def status(guest: vm.VM) -> list[dict[str, object]]:
@@ -122,7 +112,7 @@ def test_apply_live_then_reboot_then_usroverlay(apt_ostree_image: Path, tmp_path
         again = guest.run("apt-ostree apply-live --unchanged-exit-77", timeout=300)
         assert again.returncode == 77, again.output
 
-        reboot(guest)
+        guest.reboot()
         after = booted(guest)
         assert after["checksum"] == pending["checksum"], after
         assert after["live-commit"] is None and after["unlocked"] == "none"
@@ -134,7 +124,7 @@ def test_apply_live_then_reboot_then_usroverlay(apt_ostree_image: Path, tmp_path
         guest.check("touch /usr/apt-ostree-test-written && test -f /usr/apt-ostree-test-written")
         assert booted(guest)["unlocked"] == "development"
         assert "Unlocked: development" in guest.check("apt-ostree status")
-        reboot(guest)
+        guest.reboot()
         assert guest.run("test -e /usr/apt-ostree-test-written").returncode == 1
         usr = guest.run("touch /usr/apt-ostree-test-written")
         assert usr.returncode != 0 and "Read-only file system" in usr.output

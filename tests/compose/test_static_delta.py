@@ -165,8 +165,11 @@ def test_update_pull_uses_the_static_delta(
 
     assert len(files(update.paths)) < len(files(by_object.paths)), update.paths
     # for a one-package update the delta is about the size of the objects it replaces (its
-    # parts carry a little framing): the win is fewer requests, and no more bytes to speak of
-    assert update.bytes_sent <= 1.1 * by_object.bytes_sent
+    # parts carry a little framing): the win is fewer requests, and no more bytes to speak of.
+    # Counted: the delta's own parts (a fallback object libostree may fetch beside them, seen
+    # on a loaded machine, is not the delta's size)
+    delta = sum(h.bytes for h in update.hits if h.path.startswith("/deltas/"))
+    assert 0 < delta <= 1.1 * by_object.bytes_sent, (update, by_object)
     assert update.requests < by_object.requests
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.compose.test_compose import cli, metadata, ostree
-from tests.support.debian import CACHE, EXAMPLES, MINIMAL_REF
+from tests.support.debian import CACHE, EXAMPLE_VERSION, EXAMPLES, MINIMAL_REF
 from tests.support.httpd import serve_directory
 from tests.support.images import remove_sysroot
 
@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.network]
 @pytest.mark.slow
 def test_minimal_example_is_a_bootable_tree(minimal_example: Path, tmp_path: Path) -> None:
     repo = minimal_example  # composed (successfully) from the archive by the session fixture
-    assert metadata(repo, REF, "version") == "'12.0'"
+    assert metadata(repo, REF, "version") == f"'{EXAMPLE_VERSION}.0'"
     packages = str(metadata(repo, REF, "aptostree.packages"))
     for name in ("linux-image-cloud-amd64", "systemd-sysv", "dracut", "ostree-boot", "apt"):
         assert f"('{name}'," in packages
@@ -32,6 +32,10 @@ def test_minimal_example_is_a_bootable_tree(minimal_example: Path, tmp_path: Pat
     assert "systemd-networkd.service" in wants
     default = ostree(repo, "ls", REF, "/usr/etc/systemd/system/default.target")
     assert "multi-user.target" in default
+    # apt's own timers would run apt-get against a read-only /usr: masked in the image
+    for unit in ("apt-daily.timer", "apt-daily-upgrade.timer"):
+        masked = ostree(repo, "ls", REF, f"/usr/etc/systemd/system/{unit}")
+        assert "-> /dev/null" in masked, masked
     # libostree accepts it as an OS tree: deploy it into a scratch sysroot and check the entry
     sysroot = tmp_path / "sysroot"
     sysroot.mkdir()
@@ -71,7 +75,8 @@ def test_minimal_example_is_a_bootable_tree(minimal_example: Path, tmp_path: Pat
             assert result.returncode == 0, result.stderr
         status = json.loads(cli("status", "--sysroot", client, "--json").stdout)
         [deployment] = status["deployments"]
-        assert deployment["version"] == "12.0" and deployment["origin"] == f"origin:{REF}"
+        assert deployment["version"] == f"{EXAMPLE_VERSION}.0"
+        assert deployment["origin"] == f"origin:{REF}"
         listing = cli("db", "list", "--sysroot", client).stdout
         assert "linux-image-cloud-amd64" in listing and "systemd-sysv" in listing
         assert cli("kargs", "--sysroot", client, "--append", "quiet").returncode == 0

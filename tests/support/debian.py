@@ -29,10 +29,17 @@ from apt_ostree.aptpkg.root import AptRoot
 from apt_ostree.aptpkg.sources import read_host_sources, sources_key
 from apt_ostree.progress import Progress
 
+# the release of the Essential sets in the tests' local repositories (the build host's own)
 SUITE = "bookworm"
 CACHE = Path(os.environ.get("APT_OSTREE_TEST_CACHE", "/var/cache/apt-ostree-tests"))
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-MINIMAL_REF = f"debian/{SUITE}/amd64/minimal"  # examples/minimal.yaml's ref
+# examples/minimal.yaml: Debian 13, the image the VM scenarios boot; its ref and first version
+EXAMPLE_SUITE = "trixie"
+EXAMPLE_VERSION = "13"
+MINIMAL_REF = f"debian/{EXAMPLE_SUITE}/amd64/minimal"
+# examples/minimal-bookworm.yaml: the same image on Debian 12, kept honest by the GRUB boots
+BOOKWORM_EXAMPLE = EXAMPLES / "minimal-bookworm.yaml"
+BOOKWORM_REF = f"debian/{SUITE}/amd64/minimal"
 
 
 @contextlib.contextmanager

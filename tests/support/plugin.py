@@ -20,7 +20,7 @@ import pytest
 from xdist.scheduler import LoadScopeScheduling
 
 from tests.support.aptrepo import AptRepo, GpgKey, shared_gpg_key
-from tests.support.debian import EXAMPLES, compose_from_archive
+from tests.support.debian import BOOKWORM_EXAMPLE, EXAMPLES, compose_from_archive
 from tests.support.debs import EPOCH, DebSpec, build_deb
 from tests.support.httpd import Server, serve_directory
 from tests.support.images import Images, compose_images
@@ -86,9 +86,21 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Images:
 
 @pytest.fixture(scope="session")
 def minimal_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """examples/minimal.yaml composed from the Debian archive into a fresh archive repository
-    (so its first version, 12.0), once per session: tests/compose/test_compose_debian.py checks
-    the tree, tests/vm/test_grub.py makes a GRUB image of it. Read it, never compose into it."""
-    repo = tmp_path_factory.mktemp("minimal") / "repo"
-    compose_from_archive(EXAMPLES / "minimal.yaml", repo, env={"SOURCE_DATE_EPOCH": str(EPOCH)})
+    """examples/minimal.yaml (Debian 13) composed from the Debian archive into a fresh archive
+    repository (so its first version, 13.0), once per session: tests/compose/
+    test_compose_debian.py checks the tree and runs the client's verbs on it. Read it, never
+    compose into it."""
+    return _compose_example(tmp_path_factory, EXAMPLES / "minimal.yaml")
+
+
+@pytest.fixture(scope="session")
+def bookworm_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """examples/minimal-bookworm.yaml (Debian 12) composed as `minimal_example`:
+    tests/vm/test_grub.py makes a GRUB image of it and boots it. Read it, never compose into it."""
+    return _compose_example(tmp_path_factory, BOOKWORM_EXAMPLE)
+
+
+def _compose_example(tmp_path_factory: pytest.TempPathFactory, treefile: Path) -> Path:
+    repo = tmp_path_factory.mktemp(treefile.stem) / "repo"
+    compose_from_archive(treefile, repo, env={"SOURCE_DATE_EPOCH": str(EPOCH)})
     return repo

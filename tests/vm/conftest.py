@@ -19,7 +19,14 @@ from apt_ostree.compose import image
 from apt_ostree.progress import Progress
 from tests.support import vm
 from tests.support.aptrepo import AptRepo, GpgKey
-from tests.support.debian import CACHE, EXAMPLES, SUITE, cache_lock, compose_from_archive
+from tests.support.debian import (
+    CACHE,
+    EXAMPLE_SUITE,
+    EXAMPLE_VERSION,
+    EXAMPLES,
+    cache_lock,
+    compose_from_archive,
+)
 from tests.support.debs import EPOCH
 
 
@@ -44,7 +51,7 @@ def _qemu() -> None:
 # ---- the image with apt-ostree inside ----
 
 ROOT = Path(__file__).resolve().parents[2]
-APT_OSTREE_REF = f"debian/{SUITE}/amd64/apt-ostree"
+APT_OSTREE_REF = f"debian/{EXAMPLE_SUITE}/amd64/apt-ostree"
 # The composed repository outlives the session: the compose's input hash holds the .deb's
 # sha256, so an unchanged checkout is a no-change compose (seconds) and any change to the
 # shipped files (a new .deb version, see tools/build-deb) composes anew. The apt repository
@@ -97,7 +104,7 @@ def apt_ostree_treefile(folder: Path, debs: AptRepo) -> Path:
     host = [
         {"uris": list(e.uris), "suites": list(e.suites), "components": list(e.components),
          "signed-by": e.signed_by}
-        for e in read_host_sources(SUITE)
+        for e in read_host_sources(EXAMPLE_SUITE)
     ]  # fmt: skip
     ours = {"uris": debs.file_uri, "suites": debs.suite, "components": debs.component,
             "signed-by": str(folder / "keyring.gpg")}  # fmt: skip
@@ -113,12 +120,12 @@ def apt_ostree_treefile(folder: Path, debs: AptRepo) -> Path:
 
 
 def next_treefile(folder: Path, treefile: Path) -> Path:
-    """`treefile` plus one file, on NEXT_REF with versions 12.1.N."""
+    """`treefile` plus one file, on NEXT_REF with versions 13.1.N (EXAMPLE_VERSION.1.N)."""
     (folder / "marker").write_text("version two\n")
     data = {
         "include": str(treefile),
         "ref": NEXT_REF,
-        "automatic-version-prefix": "12.1",
+        "automatic-version-prefix": f"{EXAMPLE_VERSION}.1",
         "add-files": [["marker", "/usr/share/apt-ostree-test/marker"]],
     }
     path = folder / "apt-ostree-next.json"

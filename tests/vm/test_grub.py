@@ -1,5 +1,6 @@
-"""`compose image --bootloader grub`: the disk's GRUB parts, and a BIOS boot (SeaBIOS, no OVMF)
-that follows libostree's deployments through /boot/loader/syslinux.cfg."""
+"""`compose image --bootloader grub` of the Debian 12 example: the disk's GRUB parts, and a
+BIOS boot (SeaBIOS, no OVMF) that follows libostree's deployments through
+/boot/loader/syslinux.cfg."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ from apt_ostree.compose import grub, image
 from apt_ostree.ostree import remove_sysroot as remove_tree
 from apt_ostree.progress import Progress
 from tests.support import vm
-from tests.support.debian import MINIMAL_REF
+from tests.support.debian import BOOKWORM_REF
 from tests.vm.test_image import debugfs
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
-REF = MINIMAL_REF  # of the session's `minimal_example` (tests/support/plugin.py)
+REF = BOOKWORM_REF  # of the session's `bookworm_example` (tests/support/plugin.py)
 
 
 class BiosVM(vm.VM):
@@ -44,11 +45,11 @@ def bios_boot(disk: Path, workdir: Path) -> Iterator[BiosVM]:
 
 
 @pytest.fixture(scope="module")
-def grub_image(minimal_example: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def grub_image(bookworm_example: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A raw grub image of the minimal example, with the VM agent in its /etc."""
     output = tmp_path_factory.mktemp("grub") / "grub.raw"
     opts = image.ImageOptions(
-        repo=minimal_example,
+        repo=bookworm_example,
         ref=REF,
         output=output,
         bootloader=image.Bootloader.GRUB,
@@ -62,8 +63,8 @@ def parts(repo: Path, disk: Path) -> list[image.Partition]:
     return image.layout(image.ImageOptions(repo=repo, ref=REF, output=disk))
 
 
-def test_grub_image_layout(minimal_example: Path, grub_image: Path) -> None:
-    bios, esp, boot, root = parts(minimal_example, grub_image)
+def test_grub_image_layout(bookworm_example: Path, grub_image: Path) -> None:
+    bios, esp, boot, root = parts(bookworm_example, grub_image)
     with grub_image.open("rb") as f:
         mbr = f.read(512)
         f.seek(bios.start)
@@ -109,7 +110,9 @@ def grub_default(syslinux_cfg: Path) -> str:
     return next(line for line in entry.splitlines() if "linux$linux_suffix" in line)
 
 
-def test_syslinux_cfg_follows_deploys_and_a_rollback(minimal_example: Path, tmp_path: Path) -> None:
+def test_syslinux_cfg_follows_deploys_and_a_rollback(
+    bookworm_example: Path, tmp_path: Path
+) -> None:
     """A folder sysroot set up as in a grub image: each deployment write (a deploy, a rollback
     as a reordered list) leaves a syslinux.cfg whose GRUB default is the first deployment."""
     path = tmp_path / "sysroot"
@@ -117,7 +120,7 @@ def test_syslinux_cfg_follows_deploys_and_a_rollback(minimal_example: Path, tmp_
         sysroot = ostree.Sysroot.initialize(path, "debian")
         sysroot.repo.set_config("sysroot", "bootloader", "syslinux")
         grub.seed_boot(path / "boot")
-        checksum = sysroot.repo.pull_local(minimal_example, REF, remote=None)
+        checksum = sysroot.repo.pull_local(bookworm_example, REF, remote=None)
         origin = f"[origin]\nrefspec={REF}\n"
         with sysroot.locked():
             sysroot.deploy("debian", checksum, origin, merge=None, kargs=["k=a"], stage=False)

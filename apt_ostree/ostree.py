@@ -127,6 +127,41 @@ def _mtree_parent(mtree: Any, rel: str) -> tuple[Any, str]:
     return mtree, name
 
 
+_LINK_HOPS = 16
+
+
+def _resolve_in_commit(root: Any, path: str) -> Any:
+    """The commit's file at `path` with every symbolic link on the way followed inside the
+    commit (absolute targets from its root), or None when absent or a loop."""
+    parts = [p for p in path.split("/") if p]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            done = done[:-1]
+            continue
+        child = root.resolve_relative_path("/".join([*done, name]))
+        if not child.query_exists(None):
+            return None
+        info = child.query_info(
+            "standard::type,standard::symlink-target",
+            Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS,
+            None,
+        )
+        if info.get_file_type() != Gio.FileType.SYMBOLIC_LINK:
+            done.append(name)
+            continue
+        hops += 1
+        if hops > _LINK_HOPS:
+            return None
+        target = info.get_symlink_target()
+        if target.startswith("/"):
+            done = []
+        parts = [p for p in target.split("/") if p and p != "."] + parts
+    return root.resolve_relative_path("/".join(done)) if done else root
+
+
 class Repo:
     """An OSTree repository. Made by `Repo.open` or `Sysroot.repo`; the GI `OSTree.Repo` it
     wraps never leaves this module."""
@@ -408,11 +443,13 @@ class Repo:
     # ---- reading trees ----
 
     def read_file(self, checksum: str, path: str) -> bytes | None:
-        """The content of one file of a commit (None when absent), read without a checkout."""
+        """The content of one file of a commit (None when absent), read without a checkout;
+        symbolic links on the way are followed inside the commit (`/usr/share/doc/PKG` that
+        links to another package's folder)."""
         try:
             _, root, _ = self._repo.read_commit(checksum, None)
-            f = root.resolve_relative_path(path.lstrip("/"))
-            if not f.query_exists(None):
+            f = _resolve_in_commit(root, path)
+            if f is None:
                 return None
             f.ensure_resolved()
             _, stream, _, _ = self._repo.load_file(f.get_checksum(), None)

@@ -31,7 +31,7 @@ from apt_ostree.errors import (
     UsageError,
 )
 from apt_ostree.progress import Progress, TerminalProgress
-from apt_ostree.system.requests import Init, Request
+from apt_ostree.system.requests import DbDiff, DbList, Init, Request
 from apt_ostree.system.results import Result
 
 EXIT_FAILED = 1
@@ -79,6 +79,13 @@ def _progress(args: argparse.Namespace) -> Progress:
 
 def run_verb(request: Request, args: argparse.Namespace) -> Result:
     """Run `request` in apt-ostreed, or here; its result."""
+    if getattr(args, "repo", None) is not None:  # db diff/list --repo: a repository, here
+        if args.sysroot is not None:
+            raise UsageError("--repo and --sysroot: name one")
+        from apt_ostree.system.packages import repo_query
+
+        assert isinstance(request, DbDiff | DbList)
+        return repo_query(Path(args.repo), request)
     progress = _progress(args)
     client = _daemon(args, request)
     if client is not None:

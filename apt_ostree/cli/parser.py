@@ -33,6 +33,7 @@ COMPOSE_HELP = "compose images on a build server"
 
 # flags of the CLI alone: they change what is shown (or how the daemon is asked), not the
 # request; each is written here once
+REPO_HELP = "the commits of this OSTree repository (a compose server's), not of a sysroot"
 VIEW_FLAGS: Mapping[tuple[str, ...], tuple[Param, ...]] = {
     ("status",): (
         Param(("--json",), "print JSON (rpm-ostree's keys)"),
@@ -43,7 +44,9 @@ VIEW_FLAGS: Mapping[tuple[str, ...], tuple[Param, ...]] = {
     ("db", "diff"): (
         Param(("-F", "--format"), "block (the default), diff or json", "FORMAT"),
         Param(("--json",), "print JSON (--format=json)"),
+        Param(("--repo",), REPO_HELP, "REPO"),
     ),
+    ("db", "list"): (Param(("--repo",), REPO_HELP, "REPO"),),
     ("upgrade",): (
         Param(
             ("--trigger-automatic-update-policy",),

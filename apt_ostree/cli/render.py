@@ -25,7 +25,7 @@ import json
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -43,7 +43,6 @@ from apt_ostree.system.results import (
     Result,
     SearchMatch,
     StatusResult,
-    diff_to_wire,
     timestamp_text,
 )
 
@@ -57,16 +56,22 @@ def _names(diff: PackageDiff) -> dict[PackageChange, str]:
     return {c: f"{c.name}:{c.architecture}" if counts[c.name] > 1 else c.name for c in changes}
 
 
-def render_diff(diff: PackageDiff) -> list[str]:
-    """Human lines in rpm-ostree's block format (see the module docstring)."""
+def render_diff(diff: PackageDiff, changelogs: Mapping[str, str] | None = None) -> list[str]:
+    """Human lines in rpm-ostree's block format (see the module docstring); an upgraded
+    package's new changelog entries, when given, follow it, indented."""
     if diff.is_empty():
         return [NO_CHANGES]
     names = _names(diff)
+    logs = changelogs or {}
     lines: list[str] = []
     for title, changes in (("Upgraded", diff.upgraded), ("Downgraded", diff.downgraded)):
         if changes:
             lines.append(f"{title}:")
-            lines += [f"  {names[c]} {c.old_version} -> {c.new_version}" for c in changes]
+            for c in changes:
+                lines.append(f"  {names[c]} {c.old_version} -> {c.new_version}")
+                if c.name in logs:
+                    lines += [f"    {text}".rstrip() for text in logs[c.name].splitlines()]
+                    lines.append("")
     if diff.removed:
         lines.append("Removed:")
         lines += [f"  {names[c]}-{c.old_version}" for c in diff.removed]
@@ -227,12 +232,17 @@ def commit_diff(result: CommitDiff, args: argparse.Namespace) -> int:
     if form not in DIFF_FORMATS:
         raise UsageError(f"--format {form}: expected one of {', '.join(DIFF_FORMATS)}")
     if form == "json":
-        doc = {"from": result.from_checksum, "to": result.to_checksum, **diff_to_wire(result.diff)}
+        doc = result.to_wire()
+        if not result.changelogs:
+            del doc["changelogs"]
         print(json.dumps(doc, indent=2))
         return 0
     print(f"ostree diff commit from: {result.from_checksum}")
     print(f"ostree diff commit to:   {result.to_checksum}")
-    lines = render_diff(result.diff) if form == "block" else render_diff_lines(result.diff)
+    if form == "block":
+        lines = render_diff(result.diff, result.changelogs)
+    else:
+        lines = render_diff_lines(result.diff)
     for line in lines:
         print(line)
     return 0

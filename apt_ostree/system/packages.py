@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from apt_ostree import ostree
+from apt_ostree.changelogs import changelogs
 from apt_ostree.errors import CommandError, DeploymentError, LayeringError, RepoError, UsageError
 from apt_ostree.layering.build import LayerTarget, layer_plan, local_dir
 from apt_ostree.layering.build import refresh as layering_refresh
@@ -325,9 +326,54 @@ def db_diff(system: System, request: DbDiff) -> CommitDiff:
     else:
         old = resolve_commit(system, request.from_rev or "booted")
         new = resolve_commit(system, request.to_rev or "booted")
-    return CommitDiff(old, new, system.package_diff(old, new))
+    return commit_diff(system.repo, old, new, with_changelogs=request.changelogs)
+
+
+def commit_diff(repo: ostree.Repo, old: str, new: str, *, with_changelogs: bool) -> CommitDiff:
+    diff = diff_packages(_packages(repo, old), _packages(repo, new))
+    logs = changelogs(repo, new, diff) if with_changelogs else {}
+    return CommitDiff(old, new, diff, logs)
+
+
+def _packages(repo: ostree.Repo, checksum: str) -> tuple[tuple[str, str, str], ...]:
+    return CommitSummary.of(repo.read_commit(checksum)).packages
 
 
 def db_list(system: System, request: DbList) -> PackageList:
     checksum = resolve_commit(system, request.rev or "booted")
     return PackageList(checksum, system.commit(checksum).packages)
+
+
+# ---- db diff/list --repo: a compose server's repository, no sysroot ----
+
+
+def repo_query(path: Path, request: DbDiff | DbList) -> CommitDiff | PackageList:
+    """`db diff --repo REPO FROM [TO]` (FROM alone: its parent to it, what its compose
+    changed) and `db list --repo REPO REV`, on the commits of an OSTree repository."""
+    repo = ostree.Repo.open(path)
+    if isinstance(request, DbList):
+        if request.rev is None:
+            raise UsageError("db list --repo: name a ref or commit")
+        checksum = _repo_commit(repo, path, request.rev)
+        return PackageList(checksum, _packages(repo, checksum))
+    if request.from_rev is None:
+        raise UsageError("db diff --repo: name a ref or commit (and a second to compare with)")
+    old = _repo_commit(repo, path, request.from_rev)
+    if request.to_rev is None:
+        new, parent = old, repo.read_commit(old).parent
+        if parent is None or not repo.has_commit(parent):
+            raise DeploymentError(f"db diff: {request.from_rev} has no parent commit in {path}")
+        old = parent
+    else:
+        new = _repo_commit(repo, path, request.to_rev)
+    return commit_diff(repo, old, new, with_changelogs=request.changelogs)
+
+
+def _repo_commit(repo: ostree.Repo, path: Path, spec: str) -> str:
+    try:
+        checksum = repo.resolve_ref(spec)
+    except RepoError as e:
+        raise DeploymentError(f"unknown commit or ref {spec!r} in {path}") from e
+    if checksum is None or not repo.has_commit(checksum):
+        raise DeploymentError(f"unknown commit or ref {spec!r} in {path}")
+    return checksum

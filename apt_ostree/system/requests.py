@@ -401,6 +401,9 @@ class DbDiff(Request):
     method: ClassVar[str] = "DbDiff"
     from_rev: str | None = positional(metavar="FROM", nargs="?")
     to_rev: str | None = positional(metavar="TO", nargs="?")
+    changelogs: bool = option(
+        "-c", "--changelogs", help="with the changelog entries of each upgraded package"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -60,6 +60,7 @@ WIRE_TYPES: Mapping[str, str] = {
     "architecture": "s",
     "old-version": "s",
     "new-version": "s",
+    "changelogs": "a{ss}",
     # outcomes of mutating verbs
     "changed": "b",
     "lines": "as",
@@ -134,13 +135,20 @@ class CommitDiff:
     from_checksum: str
     to_checksum: str
     diff: PackageDiff
+    # package name -> its new changelog entries (`db diff --changelogs`), upgrades only
+    changelogs: Mapping[str, str] = field(default_factory=dict)
 
     def to_wire(self) -> Wire:
-        return {"from": self.from_checksum, "to": self.to_checksum, **diff_to_wire(self.diff)}
+        return {
+            "from": self.from_checksum,
+            "to": self.to_checksum,
+            **diff_to_wire(self.diff),
+            "changelogs": dict(self.changelogs),
+        }
 
     @staticmethod
     def from_wire(d: Mapping[str, Any]) -> CommitDiff:
-        return CommitDiff(d["from"], d["to"], diff_from_wire(d))
+        return CommitDiff(d["from"], d["to"], diff_from_wire(d), d.get("changelogs", {}))
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from apt_ostree.system.requests import (
     Upgrade,
 )
 from apt_ostree.system.results import CommitDiff, Outcome, PackageChange, PackageDiff, PackageList
-from tests.support.images import remove_sysroot
+from tests.support.images import HELLO_CHANGES, remove_sysroot
 from tests.support.sysroots import (
     APT_OSTREE,
     Machine,
@@ -511,6 +511,46 @@ def test_db_diff_list_version(machine: Machine) -> None:
     assert "dpkg database: dpkg" in ok("db", "version", *m.args()).stdout
     bad = cli("db", "diff", *m.args(), "nosuchref", c10)
     assert bad.returncode == 1 and "nosuchref" in bad.error_line
+
+
+def test_db_diff_changelogs_and_a_compose_servers_repository(machine: Machine) -> None:
+    """`db diff --changelogs`: the upgraded package's new entries, read from the new commit
+    (its doc folder is a link); `--repo`: the same on a repository, no sysroot."""
+    m, c10, c11 = machine, checksum(machine, "1.0"), checksum(machine, "1.1")
+    m.change(Upgrade())
+    result = m.run(DbDiff(changelogs=True))
+    assert isinstance(result, CommitDiff)
+    assert list(result.changelogs) == ["hello-aot"]  # the only upgrade
+    log = result.changelogs["hello-aot"]
+    assert log.startswith("hello-aot (1.1) unstable;") and HELLO_CHANGES["1.1"] in log
+    assert HELLO_CHANGES["1.0"] not in log  # what the old version had already
+    plain = m.run(DbDiff())
+    assert isinstance(plain, CommitDiff) and plain.changelogs == {}  # asked for only
+    shown = ok("db", "diff", *m.args(), "-c").stdout.splitlines()
+    at = shown.index("  hello-aot 1.0 -> 1.1")
+    assert shown[at + 1].startswith("    hello-aot (1.1) unstable;")
+    assert f"      * {HELLO_CHANGES['1.1']}" in shown
+    doc = json.loads(ok("db", "diff", *m.args(), "--changelogs", "--json").stdout)
+    assert doc["changelogs"] == {"hello-aot": log}
+    assert "changelogs" not in json.loads(ok("db", "diff", *m.args(), "--json").stdout)
+    # a compose server's repository: FROM alone is its parent to it
+    repo = str(m.served.repo)
+    by_ref = json.loads(ok("db", "diff", "--repo", repo, "test/os", "--json").stdout)
+    assert (by_ref["from"], by_ref["to"]) == (c10, c11)
+    assert [c["name"] for c in by_ref["upgraded"]] == ["hello-aot"]
+    named = ok("db", "diff", "--repo", repo, c11, c10).stdout
+    assert "Downgraded:\n  hello-aot 1.1 -> 1.0" in named
+    listed = ok("db", "list", "--repo", repo, "test/other").stdout
+    assert "other-aot 2.0" in listed
+    for argv, what in (
+        (["db", "diff", "--repo", repo, "nosuchref"], "nosuchref"),
+        (["db", "diff", "--repo", str(m.path), "test/os"], str(m.path)),  # not a repository
+        (["db", "diff", "--repo", repo], "name a ref or commit"),
+        (["db", "diff", "--repo", repo, "--sysroot", str(m.path), "test/os"], "--sysroot"),
+        (["db", "diff", "--repo", repo, c10], "no parent"),
+    ):
+        bad = cli(*argv)
+        assert bad.returncode in (1, 2) and what in bad.error_line, (argv, bad.stderr)
 
 
 # ---------------------------------------------------------------------------------------------

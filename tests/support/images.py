@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import gzip
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ from pathlib import Path
 from apt_ostree.run import run
 from tests.support.aptrepo import AptRepo, GpgKey, shared_gpg_key
 from tests.support.debian import SUITE, fetch_debian_debs
-from tests.support.debs import DebSpec, Dir, File
+from tests.support.debs import MAINTAINER, DebSpec, Dir, File, Symlink
 
 EPOCH = "1700000000"
 APT_OSTREE = [sys.executable, "-m", "apt_ostree.cli.main"]
@@ -115,7 +116,29 @@ def dracut_deb(version: str = "1.0") -> DebSpec:
     )
 
 
+# hello-aot's changelog entries by version (`db diff --changelogs`)
+HELLO_CHANGES = {"1.0": "First release.", "1.1": "Greets in version 1.1."}
+
+
+def hello_changelog(version: str) -> bytes:
+    """Debian's changelog.Debian.gz of hello-aot `version`: its entries up to it, newest
+    first (gzip without a timestamp, so the .deb stays reproducible)."""
+    entries = [
+        f"hello-aot ({v}) unstable; urgency=medium\n\n  * {text}\n\n"
+        f" -- {MAINTAINER}  Tue, 14 Nov 2023 22:13:20 +0000\n"
+        for v, text in reversed(HELLO_CHANGES.items())
+        if version_key(v) <= version_key(version)
+    ]
+    return gzip.compress("\n".join(entries).encode(), mtime=0)
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
 def hello_deb(version: str = "1.0") -> DebSpec:
+    """hello-aot; its doc folder is a link to hello-aot-doc/, as dh_installdocs --link-doc
+    makes them."""
     return DebSpec(
         name="hello-aot",
         version=version,
@@ -123,6 +146,8 @@ def hello_deb(version: str = "1.0") -> DebSpec:
         files={
             "/usr/bin/hello-aot": File(f"#!/bin/sh\necho hello {version}\n", 0o755),
             "/etc/hello-aot.conf": "greeting=hello\n",  # /usr/etc/hello-aot.conf in the commit
+            "/usr/share/doc/hello-aot": Symlink("hello-aot-doc"),
+            "/usr/share/doc/hello-aot-doc/changelog.Debian.gz": hello_changelog(version),
         },
     )
 

@@ -31,7 +31,7 @@ METADATA_TYPES: dict[str, str] = {
 
 # Bump when the same inputs would now give a different tree (postprocessing changed), so
 # that no-change detection does not keep an image made by an older apt-ostree.
-COMPOSE_FORMAT = 5  # 5: apt-daily and unattended-upgrades masked
+COMPOSE_FORMAT = 6  # 5: apt-daily and unattended-upgrades masked; 6: apt and dpkg guarded
 
 # ---- D-Bus ----
 BUS_NAME = "org.aptostree.AptOstree1"

@@ -50,11 +50,10 @@ DATA = {
     "org.aptostree.AptOstree1.policy": "usr/share/polkit-1/actions/",
     "org.aptostree.AptOstree1.xml": "usr/share/dbus-1/interfaces/",
     "apt-ostreed.conf": "etc/",
-    "60apt-ostree": "etc/apt/apt.conf.d/",
-    "apt-ostree-apt-hook": "usr/lib/apt-ostree/",
+    "apt-ostree-guard": "usr/lib/apt-ostree/",
 }
-EXECUTABLES = ("apt-ostree-apt-hook",)
-CONFFILES = ("/etc/apt-ostreed.conf", "/etc/apt/apt.conf.d/60apt-ostree")
+EXECUTABLES = ("apt-ostree-guard",)
+CONFFILES = ("/etc/apt-ostreed.conf",)
 # generated page -> the package that ships it
 MAN_PAGES = {
     "apt-ostree.8": CLIENT,

@@ -53,7 +53,7 @@ from pathlib import Path
 
 from apt_ostree import accounts
 from apt_ostree.accounts import install_unit as install_accounts_unit
-from apt_ostree.compose.automatic import mask_apt_updates, set_policy
+from apt_ostree.compose.automatic import guard_apt, mask_apt_updates, set_policy
 from apt_ostree.compose.initramfs import prepare_kernel
 from apt_ostree.errors import CommandError, PostprocessError
 from apt_ostree.progress import Progress
@@ -218,6 +218,9 @@ def _convert(
     masked = mask_apt_updates(rootfs)
     if masked:
         progress.message(f"    masked {' '.join(masked)}: apt cannot change an image's /usr")
+    guarded = guard_apt(rootfs)
+    if guarded:
+        progress.message(f"    {', '.join(guarded)}: guarded, they point to apt-ostree's verbs")
     _check_no_escape(rootfs)  # again: the scripts may have made links
     prepare_kernel(rootfs, options.initramfs_args, progress, keep_initramfs=foreign)
     if (rootfs / "usr/lib/systemd/system").is_dir():

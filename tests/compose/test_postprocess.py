@@ -37,6 +37,7 @@ from apt_ostree.progress import Progress
 from apt_ostree.sandbox import Bind, bwrap_argv, run_in_tree
 
 SUITE = "bookworm"
+GUARD = Path(__file__).resolve().parents[2] / "data" / "apt-ostree-guard"
 BASE_PACKAGES = "systemd,dbus,openssh-server"
 KERNEL_PACKAGES = "systemd-sysv,linux-image-cloud-amd64,dracut,ostree-boot"
 
@@ -310,7 +311,11 @@ def composed_options(files: Path) -> PostprocessOptions:
     return PostprocessOptions(
         units=("systemd-networkd.service",),
         default_target="multi-user.target",
-        add_files=((files / "motd", "/etc/motd"), (files / "tool", "/opt/vendor/bin/tool")),
+        add_files=(
+            (files / "motd", "/etc/motd"),
+            (files / "tool", "/opt/vendor/bin/tool"),
+            (GUARD, "/usr/lib/apt-ostree/apt-ostree-guard"),  # as apt-ostree's .deb ships it
+        ),
         remove_files=("/usr/share/doc/bash", "usr/share/man/man1/ls.*"),
         postprocess_scripts=(SCRIPT_SEES_INPUTS, "#!/bin/bash\necho second >> /usr/share/order\n"),
     )
@@ -372,6 +377,23 @@ def test_package_state_lives_in_usr(composed: Composed) -> None:
         "L /var/lib/apt/extended_states - - - - ../../../usr/lib/sysimage/apt/extended_states",
         "L /var/lib/dpkg - - - - ../../usr/lib/sysimage/dpkg",
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_apt_and_dpkg_are_guarded_and_still_run(composed: Composed, tmp_path: Path) -> None:
+    root = composed.root
+    for name in ("apt", "apt-get", "dpkg"):
+        assert os.readlink(root / "usr/bin" / name) == "/usr/lib/apt-ostree/apt-ostree-guard"
+        assert (root / "usr/bin" / f"{name}.distrib").is_file()
+    diversions = (root / "usr/lib/sysimage/dpkg/diversions").read_text().splitlines()
+    assert diversions[:3] == ["/usr/bin/apt", "/usr/bin/apt.distrib", ":"]
+    assert "/usr/bin/dpkg.distrib" in diversions
+    # not booted: through the guard to the real programs, in the tree itself
+    tree = copy_tree(root, tmp_path / "tree")
+    os.rename(tree / "usr/etc", tree / "etc")
+    out = run_in_tree(tree, ["sh", "-c", "dpkg --print-architecture && apt-get --version"])
+    assert out.stdout.startswith(("amd64\n", "arm64\n")) and "apt " in out.stdout
 
 
 @pytest.mark.slow

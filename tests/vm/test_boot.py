@@ -93,6 +93,20 @@ def _check_status(guest: vm.VM, composed: ComposedRepo, version: str | None) -> 
     assert booted["version"] == version and booted["origin"] == f"origin:{composed.ref}"
 
 
+def _check_apt_guard(guest: vm.VM) -> None:
+    """apt and dpkg refuse to change the read-only /usr before they start, naming what to run
+    instead; what only reads (apt-get download too) works as ever."""
+    refused = guest.run(f"apt-get install -y {HELLO.name}", timeout=300)
+    assert refused.returncode != 0 and "apt-ostree install PKG" in refused.output, refused
+    guest.check(f"cd /tmp && apt-get download {HELLO.name}", timeout=300)
+    refused = guest.run(f"dpkg -i /tmp/{HELLO.name}_*.deb")
+    assert refused.returncode != 0 and "apt-ostree install PKG" in refused.output, refused
+    assert "Read-only file system" not in refused.output  # stopped before dpkg wrote anything
+    assert HELLO.name in guest.check(f"apt-cache policy {HELLO.name}")
+    assert "dbus" in guest.check("dpkg -l dbus") and guest.check("apt list --installed apt")
+    guest.check(f"rm /tmp/{HELLO.name}_*.deb")
+
+
 def test_status_upgrade_install_rollback_kargs(
     apt_ostree_repo: ComposedRepo, gpg_test_key: GpgKey, tmp_path: Path
 ) -> None:
@@ -124,6 +138,7 @@ def test_status_upgrade_install_rollback_kargs(
             assert staged["staged"] and staged["base-checksum"] == second
             assert staged["requested-packages"] == [HELLO.name]
             assert guest.run(f"command -v {HELLO.name}").returncode != 0  # not live
+            _check_apt_guard(guest)
 
             guest.reboot()
             # boot 2: the update and the layered package are booted, /etc edits kept

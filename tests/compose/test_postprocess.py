@@ -38,7 +38,7 @@ from apt_ostree.sandbox import Bind, bwrap_argv, run_in_tree
 
 SUITE = "bookworm"
 GUARD = Path(__file__).resolve().parents[2] / "data" / "apt-ostree-guard"
-BASE_PACKAGES = "systemd,dbus,openssh-server"
+BASE_PACKAGES = "systemd,dbus,openssh-server,apt"
 KERNEL_PACKAGES = "systemd-sysv,linux-image-cloud-amd64,dracut,ostree-boot"
 
 # -- helpers --------------------------------------------------------------------------------
@@ -277,7 +277,8 @@ def start_kernel_tree(bootstraps: Bootstraps) -> None:
 
 @pytest.fixture(scope="session")
 def base_tree(request: pytest.FixtureRequest, bootstraps: Bootstraps) -> Path:
-    """A bootstrapped bookworm tree (systemd, dbus, openssh-server); copy it, never change it."""
+    """A bootstrapped bookworm tree (systemd, dbus, openssh-server, apt); copy it, never change
+    it."""
     if any("kernel_tree" in getattr(item, "fixturenames", ()) for item in request.session.items):
         start_kernel_tree(bootstraps)  # wanted later in this session: build it meanwhile
     bootstraps.start("base", BASE_PACKAGES)

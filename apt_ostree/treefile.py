@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from apt_ostree.aptpkg.host import native_architecture
 from apt_ostree.aptpkg.resolve import Variant
 from apt_ostree.aptpkg.sources import RepoEntry
 from apt_ostree.errors import TreefileError
+from apt_ostree.treefile_syntax import parse
 
 
 @dataclass(frozen=True)
@@ -95,13 +94,7 @@ def _parse_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as e:
         raise TreefileError(f"cannot read treefile {path}: {e.strerror}") from e
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        detail = str(e).replace("\n", " ")
-        raise TreefileError(
-            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: " f"{detail}"
-        ) from e
+    data = parse(path, text)
     if not isinstance(data, dict):
         raise TreefileError(f"{path}: expected a mapping of keys at the top level")
     return data

@@ -125,7 +125,7 @@ repos:
         ),
         ("ref: os/x\npostprocess-script: none.sh\n", "cannot read"),
         ("- a\n- b\n", "expected a mapping of keys"),
-        ("ref: os/x\n  bad: [\n", "not valid YAML"),
+        ("ref: os/x\n  bad: [\n", "bad.yaml:2:6: mapping values are not allowed here"),
         ("ref: os/x\ninclude: nothere.yaml\n", "cannot read treefile"),
     ],
 )
@@ -153,3 +153,86 @@ def test_example_treefiles_load() -> None:
     assert set(minimal.packages) < set(server.packages)
     assert minimal.ref != server.ref
     assert minimal.repos is None  # the host's apt sources: no mirror written down
+
+
+# ---------------------------------------------------------------------------------------------
+# syntax: duplicate keys and positions
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(TreefileError) as e:
+        treefile.load(path)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "ref: os/x\npackages: [a]\npackages: [b]\n",
+            "3:1: duplicate key 'packages' (first at line 2)",
+        ),
+        (
+            "ref: os/x\nrepos:\n  - uris: a\n    suites: b\n    uris: c\n",
+            "5:5: duplicate key 'uris' (first at line 3)",
+        ),
+        ("ref: os/x\nvariables: {a: 1, b: 2, a: 3}\n", "2:25: duplicate key 'a' (first at line 2)"),
+    ],
+)
+def test_duplicate_yaml_keys_are_errors_at_their_position(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = write(tmp_path / "dup.yaml", text)
+    assert load_error(path) == f"{path.resolve()}:{message}"
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    """`<<: *anchor` merges a mapping; the keys written beside it override, as YAML says."""
+    key = write(tmp_path / "key.gpg", "x")
+    t = treefile.load(
+        write(
+            tmp_path / "t.yaml",
+            f"ref: os/x\nrepos:\n  - &main {{uris: http://a, suites: s, components: main, "
+            f"signed-by: {key}}}\n  - <<: *main\n    suites: s-updates\n",
+        )
+    )
+    assert t.repos is not None
+    assert [r.suites for r in t.repos] == [("s",), ("s-updates",)]
+
+
+def test_json_duplicates_and_syntax_errors_have_positions(tmp_path: Path) -> None:
+    dup = write(
+        tmp_path / "dup.json",
+        '{"ref": "os/x",\n "repos": [{"uris": "a", "suites": "b"},\n  {"uris": "a", "uris": "b"}]}',
+    )
+    assert load_error(dup) == f"{dup.resolve()}:3:17: duplicate key 'uris' (first at line 3)"
+    top = write(tmp_path / "top.json", '{"ref": "os/x",\n"ref": "os/y"}')
+    assert load_error(top) == f"{top.resolve()}:2:1: duplicate key 'ref' (first at line 1)"
+    bad = write(tmp_path / "bad.json", '{"ref": "os/x",\n "packages": [1,, 2]}')
+    assert load_error(bad) == f"{bad.resolve()}:2:17: Expecting value"
+    # equal keys in different objects are no duplicates
+    ok = write(tmp_path / "ok.json", '{"ref": "os/x", "variables": {"ref": "a"}}')
+    assert treefile.load(ok).ref == "os/x"
+
+
+def test_yaml_syntax_errors_are_one_line_with_a_position(tmp_path: Path) -> None:
+    quote = write(tmp_path / "quote.yaml", 'ref: os/x\npackages: ["a\n')
+    assert load_error(quote) == (
+        f"{quote.resolve()}:3:1: found unexpected end of stream "
+        "(while scanning a quoted scalar at line 2)"
+    )
+    control = write(tmp_path / "control.yaml", "ref: os/x\x07\n")
+    assert load_error(control) == (
+        f"{control.resolve()}:1:10: unacceptable character #x0007: special characters are not "
+        "allowed"
+    )
+    assert "<unicode string>" not in load_error(write(tmp_path / "tab.yaml", "ref:\n\t- x\n"))
+
+
+def test_duplicate_in_an_included_file_names_that_file(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", "units: [a]\nunits: [b]\n")
+    top = write(tmp_path / "top.yaml", "include: base.yaml\nref: os/x\n")
+    assert load_error(top) == f"{tmp_path.resolve()}/base.yaml:2:1: duplicate key 'units' " + (
+        "(first at line 1)"
+    )

@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apt_ostree import keys
 from apt_ostree.aptpkg.host import native_architecture
 from apt_ostree.aptpkg.resolve import Variant
 from apt_ostree.aptpkg.sources import RepoEntry
 from apt_ostree.errors import TreefileError
 from apt_ostree.treefile_syntax import parse
+
+MetadataValue = str | int | float | bool
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Treefile:
     initramfs_args: tuple[str, ...] = ()
     machineid_compat: bool = True
     automatic_updates: str | None = None  # apt-ostreed's AutomaticUpdatePolicy in the image
+    add_commit_metadata: tuple[tuple[str, MetadataValue], ...] = ()
     flattened: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def flattened_json(self) -> str:
@@ -78,7 +82,7 @@ _STRING_LISTS = (
     "postprocess",
     "initramfs-args",
 )
-_OTHER = ("repos", "add-files", "include", "variables")
+_OTHER = ("repos", "add-files", "include", "variables", "add-commit-metadata")
 KNOWN_KEYS = frozenset(_SCALARS) | frozenset(_STRING_LISTS) | frozenset(_OTHER)
 _REPO_KEYS = frozenset({"uris", "suites", "components", "signed-by", "types"})
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
@@ -140,6 +144,27 @@ def _check_other_types(path: Path, data: Mapping[str, Any]) -> None:
     repos = data.get("repos", [])
     if not isinstance(repos, list) or not all(isinstance(r, dict) for r in repos):
         raise TreefileError(f"{path}: key 'repos': expected a list of deb822-style mappings")
+    _check_commit_metadata(path, data.get("add-commit-metadata", {}))
+
+
+def _check_commit_metadata(path: Path, metadata: Any) -> None:
+    what = "key 'add-commit-metadata'"
+    if not isinstance(metadata, dict):
+        raise TreefileError(f"{path}: {what}: expected a mapping of names to values")
+    for name, value in metadata.items():
+        if not isinstance(name, str) or not name:
+            raise TreefileError(f"{path}: {what}: the name {name!r} is not a string")
+        if name.startswith("aptostree."):
+            raise TreefileError(f"{path}: {what}: '{name}' is apt-ostree's own, not settable")
+        if not isinstance(value, MetadataValue):
+            raise TreefileError(
+                f"{path}: {what}: '{name}': expected a string, number or true/false, "
+                f"got {type(value).__name__}"
+            )
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise TreefileError(f"{path}: {what}: '{name}': {value} does not fit in 64 bits")
+        if keys.METADATA_TYPES.get(name) == "s" and not isinstance(value, str):
+            raise TreefileError(f"{path}: {what}: '{name}': expected a string (quote it)")
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -299,6 +324,7 @@ def load(path: Path | str) -> Treefile:
         initramfs_args=tuple(data.get("initramfs-args", [])),
         machineid_compat=data.get("machineid-compat", True),
         automatic_updates=_automatic_updates(path, data.get("automatic-updates")),
+        add_commit_metadata=tuple(sorted(data.get("add-commit-metadata", {}).items())),
         flattened=flattened,
     )
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from apt_ostree import treefile
+from apt_ostree import ostree, treefile
 from apt_ostree.aptpkg.resolve import Variant
+from apt_ostree.compose import tree
 from apt_ostree.errors import TreefileError
+from apt_ostree.run import run
 
 
 def write(path: Path, text: str) -> Path:
@@ -236,3 +239,97 @@ def test_duplicate_in_an_included_file_names_that_file(tmp_path: Path) -> None:
     assert load_error(top) == f"{tmp_path.resolve()}/base.yaml:2:1: duplicate key 'units' " + (
         "(first at line 1)"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# add-commit-metadata
+
+
+def test_add_commit_metadata_keeps_types_and_merges_over_includes(tmp_path: Path) -> None:
+    write(
+        tmp_path / "base.yaml",
+        "add-commit-metadata: {com.example.vendor: Example, com.example.build: 1}\n",
+    )
+    t = treefile.load(
+        write(
+            tmp_path / "t.yaml",
+            "include: base.yaml\nref: os/x\nvariables: {channel: stable}\n"
+            "add-commit-metadata:\n  com.example.build: 42\n  com.example.channel: ${channel}\n"
+            "  com.example.supported: true\n  com.example.ratio: 0.5\n",
+        )
+    )
+    assert dict(t.add_commit_metadata) == {
+        "com.example.vendor": "Example",
+        "com.example.build": 42,
+        "com.example.channel": "stable",
+        "com.example.supported": True,
+        "com.example.ratio": 0.5,
+    }
+    assert t.flattened["add-commit-metadata"]["com.example.build"] == 42
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[a]", "expected a mapping of names to values"),
+        ("{a: [1]}", "'a': expected a string, number or true/false, got list"),
+        ("{a: null}", "'a': expected a string, number or true/false, got NoneType"),
+        ("{a: {b: c}}", "'a': expected a string, number or true/false, got dict"),
+        ("{1: a}", "the name 1 is not a string"),
+        ("{aptostree.packages: x}", "'aptostree.packages' is apt-ostree's own, not settable"),
+        ("{version: 13}", "'version': expected a string (quote it)"),
+        ("{a: 99999999999999999999}", "does not fit in 64 bits"),
+    ],
+)
+def test_bad_add_commit_metadata(tmp_path: Path, value: str, message: str) -> None:
+    path = write(tmp_path / "bad.yaml", f"ref: os/x\nadd-commit-metadata: {value}\n")
+    error = load_error(path)
+    assert error.startswith(f"{path.resolve()}: key 'add-commit-metadata': ")
+    assert message in error
+
+
+def test_commit_metadata_command_line_wins_and_gives_the_version(tmp_path: Path) -> None:
+    t = treefile.load(
+        write(
+            tmp_path / "t.yaml",
+            "ref: os/x\nautomatic-version-prefix: '13'\n"
+            "add-commit-metadata: {com.example.a: treefile, com.example.b: 2}\n",
+        )
+    )
+    plain = tree.ComposeOptions(repo=tmp_path / "repo")
+    cli = tree.ComposeOptions(repo=tmp_path / "repo", metadata=(("com.example.a", "cli"),))
+    assert tree.extra_metadata(t, cli) == {"com.example.a": "cli", "com.example.b": 2}
+    assert tree.commit_version(t, plain, None) == "13.0"
+    versioned = replace(t, add_commit_metadata=(("version", "13.special"),))
+    assert tree.commit_version(versioned, plain, None) == "13.special"
+    given = tree.ComposeOptions(repo=tmp_path / "repo", metadata=(("version", "13.cli"),))
+    assert tree.commit_version(versioned, given, None) == "13.cli"
+
+
+def test_add_commit_metadata_is_part_of_the_input_hash(tmp_path: Path) -> None:
+    a = treefile.load(write(tmp_path / "a.yaml", "ref: os/x\nadd-commit-metadata: {k: 1}\n"))
+    b = treefile.load(write(tmp_path / "b.yaml", "ref: os/x\nadd-commit-metadata: {k: 2}\n"))
+    assert tree.input_hash(a, []) != tree.input_hash(b, [])
+
+
+def test_typed_metadata_in_a_real_commit(tmp_path: Path) -> None:
+    """Numbers and booleans reach the commit as GVariant int64, double and boolean (as
+    json-glib makes them from rpm-ostree's add-commit-metadata); `ostree` reads them back."""
+    content = tmp_path / "tree"
+    (content / "usr").mkdir(parents=True)
+    repo = ostree.Repo.open(tmp_path / "repo", create=True)
+    values = {"com.example.n": 42, "com.example.f": 0.5, "com.example.b": True, "version": "1"}
+    checksum = repo.write_commit(content, subject="x", metadata=values, timestamp=0)
+    shown = {
+        key: run(["ostree", f"--repo={tmp_path / 'repo'}", "show", checksum,
+                  f"--print-metadata-key={key}"]).stdout.strip()
+        for key in values
+    }  # fmt: skip
+    assert shown == {
+        "com.example.n": "int64 42",
+        "com.example.f": "0.5",
+        "com.example.b": "true",
+        "version": "'1'",
+    }
+    # and the project reads back what it wrote
+    assert repo.read_commit(checksum).metadata == values

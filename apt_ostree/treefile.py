@@ -87,6 +87,13 @@ KNOWN_KEYS = frozenset(_SCALARS) | frozenset(_STRING_LISTS) | frozenset(_OTHER)
 _REPO_KEYS = frozenset({"uris", "suites", "components", "signed-by", "types"})
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
 _REF_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+# `packages-ARCH`: Debian's release architectures (bookworm's and trixie's) and those of
+# the Debian Ports project (https://www.debian.org/ports/)
+ARCH_PACKAGES = "packages-"
+DEBIAN_ARCHITECTURES = frozenset(
+    "amd64 arm64 armel armhf i386 mips64el mipsel ppc64el riscv64 s390x "
+    "alpha hppa hurd-amd64 hurd-i386 ia64 loong64 m68k powerpc ppc64 sh4 sparc64 x32".split()
+)
 
 
 def _sha256_file(path: Path) -> str:
@@ -106,9 +113,11 @@ def _parse_file(path: Path) -> dict[str, Any]:
 
 def _check_types(path: Path, data: Mapping[str, Any]) -> None:
     for key, value in data.items():
-        if key not in KNOWN_KEYS:
+        if _is_arch_packages(path, key):
+            _check_string_list(path, key, value)
+        elif key not in KNOWN_KEYS:
             raise TreefileError(f"{path}: unknown key '{key}'")
-        if key in _SCALARS:
+        elif key in _SCALARS:
             types, what = _SCALARS[key]
             if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
                 raise TreefileError(
@@ -145,6 +154,16 @@ def _check_other_types(path: Path, data: Mapping[str, Any]) -> None:
     if not isinstance(repos, list) or not all(isinstance(r, dict) for r in repos):
         raise TreefileError(f"{path}: key 'repos': expected a list of deb822-style mappings")
     _check_commit_metadata(path, data.get("add-commit-metadata", {}))
+
+
+def _is_arch_packages(path: Path, key: Any) -> bool:
+    """Whether `key` is `packages-ARCH` (rpm-ostree's `packages-$basearch`)."""
+    if not isinstance(key, str) or not key.startswith(ARCH_PACKAGES):
+        return False
+    arch = key.removeprefix(ARCH_PACKAGES)
+    if arch not in DEBIAN_ARCHITECTURES:
+        raise TreefileError(f"{path}: key '{key}': '{arch}' is not a Debian architecture")
+    return True
 
 
 def _check_commit_metadata(path: Path, metadata: Any) -> None:
@@ -290,7 +309,7 @@ def load(path: Path | str) -> Treefile:
     path = Path(path)
     data = _load_merged(path, ())
     variables = {**builtin_variables(), **{k: str(v) for k, v in data.pop("variables", {}).items()}}
-    data = _substitute(path, data, variables)
+    data = _native_packages(_substitute(path, data, variables))
     _check_values(path, data)
     scripts = list(data.get("postprocess", []))
     if "postprocess-script" in data:
@@ -327,6 +346,16 @@ def load(path: Path | str) -> Treefile:
         add_commit_metadata=tuple(sorted(data.get("add-commit-metadata", {}).items())),
         flattened=flattened,
     )
+
+
+def _native_packages(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`packages-ARCH` of the native architecture appended to `packages`; the other
+    architectures' lists dropped (so they are not in the flattened form, nor its hash)."""
+    native = data.get(ARCH_PACKAGES + native_architecture(), [])
+    out = {k: v for k, v in data.items() if not k.startswith(ARCH_PACKAGES)}
+    if native:
+        out["packages"] = [*out.get("packages", []), *native]
+    return out
 
 
 def _automatic_updates(path: Path, value: str | None) -> str | None:

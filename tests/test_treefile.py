@@ -333,3 +333,38 @@ def test_typed_metadata_in_a_real_commit(tmp_path: Path) -> None:
     }
     # and the project reads back what it wrote
     assert repo.read_commit(checksum).metadata == values
+
+
+# ---------------------------------------------------------------------------------------------
+# packages-ARCH
+
+
+@pytest.mark.parametrize(("native", "expected"), [("amd64", "a b grub-pc"), ("arm64", "a b")])
+def test_native_packages_arch_joins_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: str, expected: str
+) -> None:
+    monkeypatch.setattr(treefile, "native_architecture", lambda: native)
+    write(tmp_path / "base.yaml", "packages: [a]\npackages-amd64: [grub-pc]\n")
+    t = treefile.load(
+        write(
+            tmp_path / "t.yaml",
+            "include: base.yaml\nref: os/x\npackages: [b]\npackages-s390x: [s390-tools]\n",
+        )
+    )
+    assert t.packages == tuple(expected.split())
+    # what was composed for this architecture: the others' lists are not in it (nor its hash)
+    assert t.flattened["packages"] == expected.split()
+    assert not [k for k in t.flattened if k.startswith("packages-")]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("packages-x86_64: [a]", "key 'packages-x86_64': 'x86_64' is not a Debian architecture"),
+        ("packages-all: [a]", "key 'packages-all': 'all' is not a Debian architecture"),
+        ("packages-amd64: a", "key 'packages-amd64': expected a list of strings"),
+    ],
+)
+def test_bad_packages_arch(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path / "bad.yaml", f"ref: os/x\n{text}\n")
+    assert load_error(path) == f"{path.resolve()}: {message}"

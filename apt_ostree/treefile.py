@@ -52,6 +52,7 @@ class Treefile:
     machineid_compat: bool = True
     automatic_updates: str | None = None  # apt-ostreed's AutomaticUpdatePolicy in the image
     add_commit_metadata: tuple[tuple[str, MetadataValue], ...] = ()
+    mutate_os_release: str | None = None  # the base version in os-release's VERSION
     flattened: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def flattened_json(self) -> str:
@@ -73,6 +74,7 @@ _SCALARS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "postprocess-script": (str, "a path"),
     "machineid-compat": (bool, "true or false"),
     "automatic-updates": (str, "none, check or stage"),
+    "mutate-os-release": ((str, int), "a string"),
 }
 _STRING_LISTS = (
     "packages",
@@ -344,6 +346,7 @@ def load(path: Path | str) -> Treefile:
         machineid_compat=data.get("machineid-compat", True),
         automatic_updates=_automatic_updates(path, data.get("automatic-updates")),
         add_commit_metadata=tuple(sorted(data.get("add-commit-metadata", {}).items())),
+        mutate_os_release=_optional_str(data.get("mutate-os-release")),
         flattened=flattened,
     )
 
@@ -356,6 +359,10 @@ def _native_packages(data: Mapping[str, Any]) -> dict[str, Any]:
     if native:
         out["packages"] = [*out.get("packages", []), *native]
     return out
+
+
+def _optional_str(value: str | int | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def _automatic_updates(path: Path, value: str | None) -> str | None:

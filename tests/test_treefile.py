@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 from apt_ostree import ostree, treefile
 from apt_ostree.aptpkg.resolve import Variant
 from apt_ostree.compose import tree
-from apt_ostree.errors import TreefileError
+from apt_ostree.compose.osrelease import mutate_os_release
+from apt_ostree.errors import PostprocessError, TreefileError
+from apt_ostree.progress import Progress
 from apt_ostree.run import run
 
 
@@ -368,3 +371,91 @@ def test_native_packages_arch_joins_packages(
 def test_bad_packages_arch(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path / "bad.yaml", f"ref: os/x\n{text}\n")
     assert load_error(path) == f"{path.resolve()}: {message}"
+
+
+# ---------------------------------------------------------------------------------------------
+# mutate-os-release
+
+
+BOOKWORM_OS_RELEASE = """\
+PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"
+NAME="Debian GNU/Linux"
+VERSION_ID="12"
+VERSION="12 (bookworm)"
+VERSION_CODENAME=bookworm
+ID=debian
+"""
+
+
+def test_mutate_os_release_key(tmp_path: Path) -> None:
+    quoted = treefile.load(write(tmp_path / "a.yaml", "ref: os/x\nmutate-os-release: '12'\n"))
+    plain = treefile.load(write(tmp_path / "b.yaml", "ref: os/x\nmutate-os-release: 12\n"))
+    assert quoted.mutate_os_release == plain.mutate_os_release == "12"
+    assert treefile.load(write(tmp_path / "c.yaml", "ref: os/x\n")).mutate_os_release is None
+    for value, got in (("12.1", "float"), ("true", "bool"), ("[12]", "list")):
+        path = write(tmp_path / "bad.yaml", f"ref: os/x\nmutate-os-release: {value}\n")
+        expected = f"{path.resolve()}: key 'mutate-os-release': expected a string, got {got}"
+        assert load_error(path) == expected
+
+
+def os_release_tree(root: Path, *, etc_file: bool) -> Path:
+    (root / "usr/lib").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "usr/lib/os-release").write_text(BOOKWORM_OS_RELEASE)
+    if etc_file:
+        (root / "etc/os-release").write_text(BOOKWORM_OS_RELEASE)
+    else:
+        (root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    return root
+
+
+class Messages(Progress):
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def message(self, text: str) -> None:
+        self.lines.append(text.strip())
+
+
+def test_mutate_os_release_puts_the_version_in(tmp_path: Path) -> None:
+    root = os_release_tree(tmp_path / "root", etc_file=False)
+    mutate_os_release(root, "12", "12.20240101.3", Progress())
+    assert (
+        (root / "usr/lib/os-release").read_text()
+        == (
+            'PRETTY_NAME="Debian GNU/Linux 12.20240101.3 (bookworm)"\n'
+            'NAME="Debian GNU/Linux"\n'
+            'VERSION_ID="12"\n'  # programs compare it with the releases they know: it stays
+            'VERSION="12.20240101.3 (bookworm)"\n'
+            "VERSION_CODENAME=bookworm\n"
+            "ID=debian\n"
+            "OSTREE_VERSION='12.20240101.3'\n"
+        )
+    )
+    assert os.readlink(root / "etc/os-release") == "../usr/lib/os-release"
+    # a converted tree done again: still one OSTREE_VERSION
+    mutate_os_release(root, "12.20240101.3", "12.20240101.4", Progress())
+    assert (root / "usr/lib/os-release").read_text().count("OSTREE_VERSION=") == 1
+
+
+def test_mutate_os_release_changes_an_etc_file_of_its_own(tmp_path: Path) -> None:
+    root = os_release_tree(tmp_path / "root", etc_file=True)
+    mutate_os_release(root, "12", "12.5", Progress())
+    for path in ("usr/lib/os-release", "etc/os-release"):
+        assert 'VERSION="12.5 (bookworm)"' in (root / path).read_text()
+
+
+def test_mutate_os_release_errors_and_no_version(tmp_path: Path) -> None:
+    root = os_release_tree(tmp_path / "root", etc_file=False)
+    with pytest.raises(PostprocessError) as e:
+        mutate_os_release(root, "13", "13.1", Progress())
+    assert str(e.value) == (
+        "mutate-os-release: '13' is not in /usr/lib/os-release's VERSION=\"12 (bookworm)\""
+    )
+    (root / "usr/lib/os-release").write_text('PRETTY_NAME="Debian GNU/Linux forky/sid"\n')
+    with pytest.raises(PostprocessError, match="mutate-os-release: .* has no VERSION"):
+        mutate_os_release(root, "14", "14.1", Progress())
+    messages = Messages()
+    mutate_os_release(root, "14", None, messages)
+    assert messages.lines == ["mutate-os-release: ignored, the commit has no version"]
+    assert (root / "usr/lib/os-release").read_text() == 'PRETTY_NAME="Debian GNU/Linux forky/sid"\n'

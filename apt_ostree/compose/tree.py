@@ -139,7 +139,8 @@ def commit_version(
     treefile: Treefile, options: ComposeOptions, previous: ostree.CommitInfo | None
 ) -> str | None:
     """The new commit's `version`: one given as metadata (the treefile's, or the command
-    line's over it), else the next automatic one."""
+    line's over it), else the next automatic one. Known before the tree is made, for
+    mutate-os-release."""
     given = extra_metadata(treefile, options).get(keys.VERSION)
     if given is not None:
         return str(given)
@@ -280,13 +281,13 @@ def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress
                 progress,
             )
         with progress.step("Postprocessing"):
-            postprocess(rootfs, postprocess_options(treefile), progress)
+            postprocess(rootfs, postprocess_options(treefile, version), progress)
         with progress.step("Committing"):
             result = _commit(treefile, options, previous, rootfs, packages, inputhash, version)
     return publish(result, options, previous.checksum if previous else None, progress)
 
 
-def postprocess_options(treefile: Treefile) -> PostprocessOptions:
+def postprocess_options(treefile: Treefile, version: str | None = None) -> PostprocessOptions:
     return PostprocessOptions(
         units=treefile.units,
         default_target=treefile.default_target,
@@ -296,6 +297,8 @@ def postprocess_options(treefile: Treefile) -> PostprocessOptions:
         initramfs_args=treefile.initramfs_args,
         machineid_compat=treefile.machineid_compat,
         automatic_updates=treefile.automatic_updates,
+        mutate_os_release=treefile.mutate_os_release,
+        version=version,
     )
 
 

@@ -53,6 +53,8 @@ class Treefile:
     automatic_updates: str | None = None  # apt-ostreed's AutomaticUpdatePolicy in the image
     add_commit_metadata: tuple[tuple[str, MetadataValue], ...] = ()
     mutate_os_release: str | None = None  # the base version in os-release's VERSION
+    documentation: bool = True  # False: dpkg leaves out /usr/share/{doc,man,info}
+    install_langs: tuple[str, ...] | None = None  # None: every translation
     flattened: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def flattened_json(self) -> str:
@@ -75,6 +77,7 @@ _SCALARS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "machineid-compat": (bool, "true or false"),
     "automatic-updates": (str, "none, check or stage"),
     "mutate-os-release": ((str, int), "a string"),
+    "documentation": (bool, "true or false"),
 }
 _STRING_LISTS = (
     "packages",
@@ -83,6 +86,7 @@ _STRING_LISTS = (
     "remove-files",
     "postprocess",
     "initramfs-args",
+    "install-langs",
 )
 _OTHER = ("repos", "add-files", "include", "variables", "add-commit-metadata")
 KNOWN_KEYS = frozenset(_SCALARS) | frozenset(_STRING_LISTS) | frozenset(_OTHER)
@@ -96,6 +100,8 @@ DEBIAN_ARCHITECTURES = frozenset(
     "amd64 arm64 armel armhf i386 mips64el mipsel ppc64el riscv64 s390x "
     "alpha hppa hurd-amd64 hurd-i386 ia64 loong64 m68k powerpc ppc64 sh4 sparc64 x32".split()
 )
+# a language as /usr/share/locale names it: de, pt_BR, es_419, sr@latin
+_LANG_RE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2}|_[0-9]{3})?(@[a-z]+)?$")
 
 
 def _sha256_file(path: Path) -> str:
@@ -347,6 +353,8 @@ def load(path: Path | str) -> Treefile:
         automatic_updates=_automatic_updates(path, data.get("automatic-updates")),
         add_commit_metadata=tuple(sorted(data.get("add-commit-metadata", {}).items())),
         mutate_os_release=_optional_str(data.get("mutate-os-release")),
+        documentation=data.get("documentation", True),
+        install_langs=_install_langs(path, data.get("install-langs")),
         flattened=flattened,
     )
 
@@ -363,6 +371,16 @@ def _native_packages(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _optional_str(value: str | int | None) -> str | None:
     return None if value is None else str(value)
+
+
+def _install_langs(path: Path, value: list[str] | None) -> tuple[str, ...] | None:
+    for name in value or ():
+        if not _LANG_RE.match(name):
+            raise TreefileError(
+                f"{path}: key 'install-langs': '{name}' is not a language name such as "
+                "en, de or pt_BR"
+            )
+    return None if value is None else tuple(value)
 
 
 def _automatic_updates(path: Path, value: str | None) -> str | None:

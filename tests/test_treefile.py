@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from dataclasses import replace
@@ -12,6 +13,7 @@ import pytest
 from apt_ostree import ostree, treefile
 from apt_ostree.aptpkg.resolve import Variant
 from apt_ostree.compose import tree
+from apt_ostree.compose.bootstrap import BootstrapInput, dpkg_path_filters, mmdebstrap_argv
 from apt_ostree.compose.osrelease import mutate_os_release
 from apt_ostree.errors import PostprocessError, TreefileError
 from apt_ostree.progress import Progress
@@ -459,3 +461,102 @@ def test_mutate_os_release_errors_and_no_version(tmp_path: Path) -> None:
     mutate_os_release(root, "14", None, messages)
     assert messages.lines == ["mutate-os-release: ignored, the commit has no version"]
     assert (root / "usr/lib/os-release").read_text() == 'PRETTY_NAME="Debian GNU/Linux forky/sid"\n'
+
+
+# ---------------------------------------------------------------------------------------------
+# documentation and install-langs: dpkg path filters
+
+
+def test_documentation_and_install_langs_keys(tmp_path: Path) -> None:
+    t = treefile.load(
+        write(tmp_path / "t.yaml", "ref: os/x\ndocumentation: false\ninstall-langs: [de, pt_BR]\n")
+    )
+    assert (t.documentation, t.install_langs) == (False, ("de", "pt_BR"))
+    default = treefile.load(write(tmp_path / "d.yaml", "ref: os/x\n"))
+    assert (default.documentation, default.install_langs) == (True, None)
+    assert dpkg_path_filters(default.documentation, default.install_langs) == ()
+    for text, message in (
+        ("documentation: no-thanks", "key 'documentation': expected true or false, got str"),
+        ("install-langs: de", "key 'install-langs': expected a list of strings"),
+        (
+            "install-langs: ['*']",
+            "key 'install-langs': '*' is not a language name such as en, de or pt_BR",
+        ),
+        (
+            "install-langs: [en_us]",
+            "key 'install-langs': 'en_us' is not a language name such as en, de or pt_BR",
+        ),
+    ):
+        path = write(tmp_path / "bad.yaml", f"ref: os/x\n{text}\n")
+        assert load_error(path) == f"{path.resolve()}: {message}"
+
+
+def dpkg_keeps(rules: tuple[str, ...], path: str) -> bool:
+    """dpkg's decision for `path`: the last path-exclude/path-include that matches wins; a
+    glob's `*` matches `/` too (fnmatch(3) without flags, dpkg(1) --path-exclude)."""
+    keep = True
+    for rule in rules:
+        kind, _, pattern = rule.partition("=")
+        if kind in ("path-exclude", "path-include") and fnmatch.fnmatchcase(path, pattern):
+            keep = kind == "path-include"
+    return keep
+
+
+@pytest.mark.parametrize(
+    ("documentation", "langs", "kept", "dropped"),
+    [
+        (
+            False,
+            None,
+            "/usr/share/doc/dpkg/copyright /usr/share/locale/fr/LC_MESSAGES/dpkg.mo "
+            "/usr/share/doc-base/dpkg /usr/bin/dpkg",
+            "/usr/share/doc/dpkg/changelog.gz /usr/share/doc/dpkg/README.api "
+            "/usr/share/man/man1/dpkg.1.gz /usr/share/man/de/man1/dpkg.1.gz "
+            "/usr/share/info/sed.info.gz",
+        ),
+        (
+            True,
+            ("de", "pt_BR"),
+            "/usr/share/locale/de/LC_MESSAGES/dpkg.mo /usr/share/locale/de_AT/LC_MESSAGES/x.mo "
+            "/usr/share/locale/pt_BR/LC_MESSAGES/dpkg.mo /usr/share/locale/pt/LC_MESSAGES/dpkg.mo "
+            "/usr/share/locale/locale.alias /usr/share/man/man1/dpkg.1.gz "
+            "/usr/share/man/de/man1/dpkg.1.gz /usr/share/man/pt/man1/dpkg.1.gz "
+            "/usr/share/doc/dpkg/changelog.gz",
+            "/usr/share/locale/fr/LC_MESSAGES/dpkg.mo /usr/share/locale/pt_PT/LC_MESSAGES/x.mo "
+            "/usr/share/locale/deu/LC_MESSAGES/x.mo /usr/share/man/fr/man1/dpkg.1.gz",
+        ),
+        (
+            False,
+            ("de",),
+            "/usr/share/locale/de/LC_MESSAGES/dpkg.mo /usr/share/doc/dpkg/copyright",
+            "/usr/share/man/de/man1/dpkg.1.gz /usr/share/man/man1/dpkg.1.gz",
+        ),
+        (True, (), "/usr/share/locale/locale.alias", "/usr/share/locale/de/LC_MESSAGES/dpkg.mo"),
+    ],
+)
+def test_dpkg_path_filters(
+    documentation: bool, langs: tuple[str, ...] | None, kept: str, dropped: str
+) -> None:
+    rules = dpkg_path_filters(documentation, langs)
+    assert rules[0].startswith("# ")  # says where the file in the image comes from
+    assert [p for p in kept.split() if not dpkg_keeps(rules, p)] == []
+    assert [p for p in dropped.split() if dpkg_keeps(rules, p)] == []
+
+
+def test_path_filters_reach_mmdebstrap() -> None:
+    inp = BootstrapInput(
+        suite="bookworm",
+        sources_file=Path("/x.sources"),
+        lists_dir=Path("/lists"),
+        packages=(),
+        debs=(),
+        dpkg_options=dpkg_path_filters(False, None),
+    )
+    argv = mmdebstrap_argv(Path("/target"), inp)
+    assert "--dpkgopt=path-include=/usr/share/doc/*/copyright" in argv
+    assert argv.index("--dpkgopt=path-exclude=/usr/share/doc/*") < argv.index(
+        "--dpkgopt=path-include=/usr/share/doc/*/copyright"
+    )
+    assert not [
+        a for a in mmdebstrap_argv(Path("/t"), replace(inp, dpkg_options=())) if "dpkgopt" in a
+    ]

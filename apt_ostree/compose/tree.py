@@ -29,7 +29,7 @@ from apt_ostree.aptpkg.resolve import Request, resolve
 from apt_ostree.aptpkg.root import AptRoot, ResolvedPackage
 from apt_ostree.aptpkg.sources import RepoEntry, read_host_sources, sources_key
 from apt_ostree.compose import lockfile
-from apt_ostree.compose.bootstrap import BootstrapInput, bootstrap
+from apt_ostree.compose.bootstrap import BootstrapInput, bootstrap, dpkg_path_filters
 from apt_ostree.compose.postprocess import PostprocessOptions, postprocess, shipped_digest
 from apt_ostree.errors import AptOstreeError, RepoError
 from apt_ostree.progress import Progress
@@ -277,6 +277,7 @@ def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress
                     packages=tuple(packages),
                     debs=tuple(debs),
                     source_date_epoch=options.source_date_epoch,
+                    dpkg_options=dpkg_path_filters(treefile.documentation, treefile.install_langs),
                 ),
                 progress,
             )

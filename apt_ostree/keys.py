@@ -29,6 +29,19 @@ METADATA_TYPES: dict[str, str] = {
     SOURCE_TITLE: "s",
 }
 
+
+def metadata_type(key: str, value: object) -> str:
+    """The GVariant type of a metadata value: its key's, else as json-glib types rpm-ostree's
+    add-commit-metadata: booleans `b`, integers `x`, other numbers `d`, anything else `s`."""
+    if key in METADATA_TYPES:
+        return METADATA_TYPES[key]
+    if isinstance(value, bool):
+        return "b"
+    if isinstance(value, int):
+        return "x"
+    return "d" if isinstance(value, float) else "s"
+
+
 # Bump when the same inputs would now give a different tree (postprocessing changed), so
 # that no-change detection does not keep an image made by an older apt-ostree.
 COMPOSE_FORMAT = 6  # 5: apt-daily and unattended-upgrades masked; 6: apt and dpkg guarded

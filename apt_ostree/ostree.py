@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -70,13 +71,14 @@ def _fail(what: str, e: GLib.Error) -> RepoError:
     return RepoError(f"{what}: {e.message}")
 
 
-def _variant(key: str, value: Any) -> GLib.Variant:
-    signature = keys.METADATA_TYPES.get(key, "s")
-    return GLib.Variant(signature, value)
+def _swapped(variant: GLib.Variant) -> GLib.Variant:
+    """OSTree's objects hold numbers big-endian, as `ostree show` prints them: both ways."""
+    return variant.byteswap() if sys.byteorder == "little" else variant
 
 
 def _metadata_variant(metadata: Mapping[str, Any]) -> GLib.Variant:
-    return GLib.Variant("a{sv}", {k: _variant(k, v) for k, v in sorted(metadata.items())})
+    values = {k: GLib.Variant(keys.metadata_type(k, v), v) for k, v in sorted(metadata.items())}
+    return _swapped(GLib.Variant("a{sv}", values))  # strings, booleans: the same bytes
 
 
 def _ed25519(what: str) -> Any:
@@ -225,7 +227,7 @@ class Repo:
             parent=OSTree.commit_get_parent(variant),
             subject=variant.get_child_value(3).get_string(),
             timestamp=OSTree.commit_get_timestamp(variant),
-            metadata=variant.get_child_value(0).unpack(),
+            metadata=_swapped(variant.get_child_value(0)).unpack(),
         )
 
     def has_commit(self, checksum: str) -> bool:

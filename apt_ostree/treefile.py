@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from apt_ostree import keys
 from apt_ostree.aptpkg.host import native_architecture
 from apt_ostree.aptpkg.resolve import Variant
 from apt_ostree.aptpkg.sources import RepoEntry
 from apt_ostree.errors import TreefileError
+from apt_ostree.treefile_syntax import parse
+
+MetadataValue = str | int | float | bool
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,10 @@ class Treefile:
     initramfs_args: tuple[str, ...] = ()
     machineid_compat: bool = True
     automatic_updates: str | None = None  # apt-ostreed's AutomaticUpdatePolicy in the image
+    add_commit_metadata: tuple[tuple[str, MetadataValue], ...] = ()
+    mutate_os_release: str | None = None  # the base version in os-release's VERSION
+    documentation: bool = True  # False: dpkg leaves out /usr/share/{doc,man,info}
+    install_langs: tuple[str, ...] | None = None  # None: every translation
     flattened: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def flattened_json(self) -> str:
@@ -70,6 +76,8 @@ _SCALARS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "postprocess-script": (str, "a path"),
     "machineid-compat": (bool, "true or false"),
     "automatic-updates": (str, "none, check or stage"),
+    "mutate-os-release": ((str, int), "a string"),
+    "documentation": (bool, "true or false"),
 }
 _STRING_LISTS = (
     "packages",
@@ -78,12 +86,22 @@ _STRING_LISTS = (
     "remove-files",
     "postprocess",
     "initramfs-args",
+    "install-langs",
 )
-_OTHER = ("repos", "add-files", "include", "variables")
+_OTHER = ("repos", "add-files", "include", "variables", "add-commit-metadata")
 KNOWN_KEYS = frozenset(_SCALARS) | frozenset(_STRING_LISTS) | frozenset(_OTHER)
 _REPO_KEYS = frozenset({"uris", "suites", "components", "signed-by", "types"})
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
 _REF_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+# `packages-ARCH`: Debian's release architectures (bookworm's and trixie's) and those of
+# the Debian Ports project (https://www.debian.org/ports/)
+ARCH_PACKAGES = "packages-"
+DEBIAN_ARCHITECTURES = frozenset(
+    "amd64 arm64 armel armhf i386 mips64el mipsel ppc64el riscv64 s390x "
+    "alpha hppa hurd-amd64 hurd-i386 ia64 loong64 m68k powerpc ppc64 sh4 sparc64 x32".split()
+)
+# a language as /usr/share/locale names it: de, pt_BR, es_419, sr@latin
+_LANG_RE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2}|_[0-9]{3})?(@[a-z]+)?$")
 
 
 def _sha256_file(path: Path) -> str:
@@ -95,13 +113,7 @@ def _parse_file(path: Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as e:
         raise TreefileError(f"cannot read treefile {path}: {e.strerror}") from e
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        detail = str(e).replace("\n", " ")
-        raise TreefileError(
-            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: " f"{detail}"
-        ) from e
+    data = parse(path, text)
     if not isinstance(data, dict):
         raise TreefileError(f"{path}: expected a mapping of keys at the top level")
     return data
@@ -109,9 +121,11 @@ def _parse_file(path: Path) -> dict[str, Any]:
 
 def _check_types(path: Path, data: Mapping[str, Any]) -> None:
     for key, value in data.items():
-        if key not in KNOWN_KEYS:
+        if _is_arch_packages(path, key):
+            _check_string_list(path, key, value)
+        elif key not in KNOWN_KEYS:
             raise TreefileError(f"{path}: unknown key '{key}'")
-        if key in _SCALARS:
+        elif key in _SCALARS:
             types, what = _SCALARS[key]
             if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
                 raise TreefileError(
@@ -147,6 +161,37 @@ def _check_other_types(path: Path, data: Mapping[str, Any]) -> None:
     repos = data.get("repos", [])
     if not isinstance(repos, list) or not all(isinstance(r, dict) for r in repos):
         raise TreefileError(f"{path}: key 'repos': expected a list of deb822-style mappings")
+    _check_commit_metadata(path, data.get("add-commit-metadata", {}))
+
+
+def _is_arch_packages(path: Path, key: Any) -> bool:
+    """Whether `key` is `packages-ARCH` (rpm-ostree's `packages-$basearch`)."""
+    if not isinstance(key, str) or not key.startswith(ARCH_PACKAGES):
+        return False
+    arch = key.removeprefix(ARCH_PACKAGES)
+    if arch not in DEBIAN_ARCHITECTURES:
+        raise TreefileError(f"{path}: key '{key}': '{arch}' is not a Debian architecture")
+    return True
+
+
+def _check_commit_metadata(path: Path, metadata: Any) -> None:
+    what = "key 'add-commit-metadata'"
+    if not isinstance(metadata, dict):
+        raise TreefileError(f"{path}: {what}: expected a mapping of names to values")
+    for name, value in metadata.items():
+        if not isinstance(name, str) or not name:
+            raise TreefileError(f"{path}: {what}: the name {name!r} is not a string")
+        if name.startswith("aptostree."):
+            raise TreefileError(f"{path}: {what}: '{name}' is apt-ostree's own, not settable")
+        if not isinstance(value, MetadataValue):
+            raise TreefileError(
+                f"{path}: {what}: '{name}': expected a string, number or true/false, "
+                f"got {type(value).__name__}"
+            )
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise TreefileError(f"{path}: {what}: '{name}': {value} does not fit in 64 bits")
+        if keys.METADATA_TYPES.get(name) == "s" and not isinstance(value, str):
+            raise TreefileError(f"{path}: {what}: '{name}': expected a string (quote it)")
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -272,7 +317,7 @@ def load(path: Path | str) -> Treefile:
     path = Path(path)
     data = _load_merged(path, ())
     variables = {**builtin_variables(), **{k: str(v) for k, v in data.pop("variables", {}).items()}}
-    data = _substitute(path, data, variables)
+    data = _native_packages(_substitute(path, data, variables))
     _check_values(path, data)
     scripts = list(data.get("postprocess", []))
     if "postprocess-script" in data:
@@ -306,8 +351,36 @@ def load(path: Path | str) -> Treefile:
         initramfs_args=tuple(data.get("initramfs-args", [])),
         machineid_compat=data.get("machineid-compat", True),
         automatic_updates=_automatic_updates(path, data.get("automatic-updates")),
+        add_commit_metadata=tuple(sorted(data.get("add-commit-metadata", {}).items())),
+        mutate_os_release=_optional_str(data.get("mutate-os-release")),
+        documentation=data.get("documentation", True),
+        install_langs=_install_langs(path, data.get("install-langs")),
         flattened=flattened,
     )
+
+
+def _native_packages(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`packages-ARCH` of the native architecture appended to `packages`; the other
+    architectures' lists dropped (so they are not in the flattened form, nor its hash)."""
+    native = data.get(ARCH_PACKAGES + native_architecture(), [])
+    out = {k: v for k, v in data.items() if not k.startswith(ARCH_PACKAGES)}
+    if native:
+        out["packages"] = [*out.get("packages", []), *native]
+    return out
+
+
+def _optional_str(value: str | int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _install_langs(path: Path, value: list[str] | None) -> tuple[str, ...] | None:
+    for name in value or ():
+        if not _LANG_RE.match(name):
+            raise TreefileError(
+                f"{path}: key 'install-langs': '{name}' is not a language name such as "
+                "en, de or pt_BR"
+            )
+    return None if value is None else tuple(value)
 
 
 def _automatic_updates(path: Path, value: str | None) -> str | None:

@@ -4,13 +4,21 @@ The resolver has fixed every package's version and the .debs are in the cache, s
 mmdebstrap runs with `--variant=custom` and the full closure as `name=version`, on apt
 lists and archives linked in from our apt state (`--skip=update`): it touches no network
 and cannot pick a different version than the one resolved and hashed.
+
+The treefile's `documentation` and `install-langs` become dpkg path filters (dpkg(1),
+--path-exclude), passed as mmdebstrap's `--dpkgopt`: mmdebstrap writes them to
+/etc/dpkg/dpkg.cfg.d/99mmdebstrap before the first package is unpacked, applies that file's
+filters to the packages it extracts itself (through mmtarfilter) before dpkg runs, and leaves
+the file in the tree (mmdebstrap(1), --dpkgopt). So the image keeps it, and the packages a
+client layers later are filtered the same way. A file of our own in dpkg.cfg.d would reach
+dpkg only: mmdebstrap's extraction reads no other.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +36,47 @@ class BootstrapInput:
     packages: tuple[ResolvedPackage, ...]
     debs: tuple[Path, ...]  # the downloaded .debs of `packages`
     source_date_epoch: int | None = None
+    dpkg_options: tuple[str, ...] = ()  # lines of /etc/dpkg/dpkg.cfg.d/99mmdebstrap
+
+
+# Debian Policy 12.5: every package's copyright file stays, whatever else goes.
+_NO_DOCUMENTATION = (
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+)
+_FILTERS_HEADER = "# apt-ostree compose: the treefile's documentation and install-langs"
+
+
+def dpkg_path_filters(documentation: bool, install_langs: Sequence[str] | None) -> tuple[str, ...]:
+    """dpkg's path-exclude/path-include lines for the treefile's keys (none: no filters).
+
+    dpkg applies the last rule that matches a path, so the documentation rules come after the
+    languages' (no translated man page comes back with `documentation: false`). A language
+    keeps its own translations and its variants' (`de`: de, de_AT, de@hebrew) and, named with
+    a territory, the language's (`pt_BR`: pt_BR and pt), as rpm's %_install_langs does.
+    """
+    lines: list[str] = []
+    if install_langs is not None:
+        lines += ["path-exclude=/usr/share/locale/*", "path-include=/usr/share/locale/locale.alias"]
+        lines += ["path-exclude=/usr/share/man/*", "path-include=/usr/share/man/man*"]
+        for folder in ("locale", "man"):
+            for name in _language_globs(install_langs):
+                lines.append(f"path-include=/usr/share/{folder}/{name}/*")
+    if not documentation:
+        lines += _NO_DOCUMENTATION
+    return (_FILTERS_HEADER, *lines) if lines else ()
+
+
+def _language_globs(names: Sequence[str]) -> list[str]:
+    globs: list[str] = []
+    for name in names:
+        language = name.split("_")[0].split("@")[0]
+        for pattern in (name, f"{name}[_@.]*", language):
+            if pattern not in globs:
+                globs.append(pattern)
+    return globs
 
 
 def link_or_copy(src: Path, dest: Path) -> None:
@@ -66,6 +115,7 @@ def mmdebstrap_argv(target: Path, inp: BootstrapInput) -> list[str]:
         # dpkg's own lines ("Setting up ...") drive the progress count
         "--verbose",
         f"--include={include}",
+        *(f"--dpkgopt={line}" for line in inp.dpkg_options),
         inp.suite,
         str(target),
         str(inp.sources_file),

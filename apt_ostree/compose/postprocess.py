@@ -5,6 +5,8 @@ The steps, in this order, and why:
 1. Forget the build host: mmdebstrap copies the host's /etc/resolv.conf and /etc/hostname
    into the tree so that maintainer scripts have a network (mmdebstrap(1), "OPERATION");
    as plain files they are dropped first, so that the user's steps below may still add them.
+   Then `mutate-os-release` (`osrelease.py`), before the steps that may replace the file, as
+   in rpm-ostree.
 2. `remove-files`, then 3. `add-files`: removing first means an added file can replace a
    packaged one; both come before the scripts, which may use what was added.
 4. The postprocess scripts, in order, inside the tree with bubblewrap (no network, cwd /).
@@ -55,6 +57,7 @@ from apt_ostree import accounts
 from apt_ostree.accounts import install_unit as install_accounts_unit
 from apt_ostree.compose.automatic import guard_apt, mask_apt_updates, set_policy
 from apt_ostree.compose.initramfs import prepare_kernel
+from apt_ostree.compose.osrelease import mutate_os_release
 from apt_ostree.errors import CommandError, PostprocessError
 from apt_ostree.progress import Progress
 from apt_ostree.sandbox import Bind, passthrough_env, run_in_tree, stream_in_tree
@@ -182,6 +185,8 @@ class PostprocessOptions:
     initramfs_args: tuple[str, ...] = ()
     machineid_compat: bool = True  # False: no /etc/machine-id at all; True: an empty one
     automatic_updates: str | None = None  # AutomaticUpdatePolicy of the image's apt-ostreed
+    mutate_os_release: str | None = None  # the base version to replace in os-release
+    version: str | None = None  # the version of the commit being made
 
 
 def postprocess(rootfs: Path, options: PostprocessOptions, progress: Progress) -> None:
@@ -205,6 +210,8 @@ def _convert(
     _check_no_escape(rootfs)
     _restore_etc(rootfs)
     _remove_build_host_files(rootfs)
+    if options.mutate_os_release is not None:
+        mutate_os_release(rootfs, options.mutate_os_release, options.version, progress)
     if options.remove_files:
         progress.message("    removing files")
         remove_files(rootfs, options.remove_files, progress)

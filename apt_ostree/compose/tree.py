@@ -29,12 +29,12 @@ from apt_ostree.aptpkg.resolve import Request, resolve
 from apt_ostree.aptpkg.root import AptRoot, ResolvedPackage
 from apt_ostree.aptpkg.sources import RepoEntry, read_host_sources, sources_key
 from apt_ostree.compose import lockfile
-from apt_ostree.compose.bootstrap import BootstrapInput, bootstrap
+from apt_ostree.compose.bootstrap import BootstrapInput, bootstrap, dpkg_path_filters
 from apt_ostree.compose.postprocess import PostprocessOptions, postprocess, shipped_digest
 from apt_ostree.errors import AptOstreeError, RepoError
 from apt_ostree.progress import Progress
 from apt_ostree.run import unmount_under
-from apt_ostree.treefile import Treefile
+from apt_ostree.treefile import MetadataValue, Treefile
 
 DEFAULT_CACHEDIR = Path("/var/cache/apt-ostree/compose")
 
@@ -127,6 +127,24 @@ def next_version(prefix: str | None, previous: str | None) -> str | None:
         if tail.isdigit():
             return f"{prefix}.{int(tail) + 1}"
     return f"{prefix}.0"
+
+
+def extra_metadata(treefile: Treefile, options: ComposeOptions) -> dict[str, MetadataValue]:
+    """The commit's metadata beyond apt-ostree's own: the treefile's add-commit-metadata,
+    then --add-metadata-string over it (the command line wins, as in rpm-ostree)."""
+    return {**dict(treefile.add_commit_metadata), **dict(options.metadata)}
+
+
+def commit_version(
+    treefile: Treefile, options: ComposeOptions, previous: ostree.CommitInfo | None
+) -> str | None:
+    """The new commit's `version`: one given as metadata (the treefile's, or the command
+    line's over it), else the next automatic one. Known before the tree is made, for
+    mutate-os-release."""
+    given = extra_metadata(treefile, options).get(keys.VERSION)
+    if given is not None:
+        return str(given)
+    return next_version(treefile.automatic_version_prefix, previous.version if previous else None)
 
 
 def _previous_commit(repo_path: Path, ref: str) -> ostree.CommitInfo | None:
@@ -246,6 +264,7 @@ def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress
         )
     with progress.step("Downloading packages"):
         debs = apt.download(packages, progress)
+    version = commit_version(treefile, options, previous)
     with workdir(options.cachedir) as work:
         rootfs = work / "rootfs"
         with progress.step("Bootstrapping the tree"):
@@ -258,17 +277,18 @@ def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress
                     packages=tuple(packages),
                     debs=tuple(debs),
                     source_date_epoch=options.source_date_epoch,
+                    dpkg_options=dpkg_path_filters(treefile.documentation, treefile.install_langs),
                 ),
                 progress,
             )
         with progress.step("Postprocessing"):
-            postprocess(rootfs, postprocess_options(treefile), progress)
+            postprocess(rootfs, postprocess_options(treefile, version), progress)
         with progress.step("Committing"):
-            result = _commit(treefile, options, previous, rootfs, packages, inputhash)
+            result = _commit(treefile, options, previous, rootfs, packages, inputhash, version)
     return publish(result, options, previous.checksum if previous else None, progress)
 
 
-def postprocess_options(treefile: Treefile) -> PostprocessOptions:
+def postprocess_options(treefile: Treefile, version: str | None = None) -> PostprocessOptions:
     return PostprocessOptions(
         units=treefile.units,
         default_target=treefile.default_target,
@@ -278,6 +298,8 @@ def postprocess_options(treefile: Treefile) -> PostprocessOptions:
         initramfs_args=treefile.initramfs_args,
         machineid_compat=treefile.machineid_compat,
         automatic_updates=treefile.automatic_updates,
+        mutate_os_release=treefile.mutate_os_release,
+        version=version,
     )
 
 
@@ -376,19 +398,16 @@ def _commit(
     rootfs: Path,
     packages: Sequence[ResolvedPackage],
     inputhash: str,
+    version: str | None,
 ) -> ComposeResult:
-    version = next_version(
-        treefile.automatic_version_prefix, previous.version if previous else None
-    )
     metadata: dict[str, Any] = {
+        **extra_metadata(treefile, options),
         keys.PACKAGES: tree_packages(rootfs),
         keys.INPUTHASH: inputhash,
         keys.TREEFILE: treefile.flattened_json(),
     }
     if version:
         metadata[keys.VERSION] = version
-    metadata.update(dict(options.metadata))
-    version = metadata.get(keys.VERSION)
     size = tree_size(rootfs)
     repo = ostree.Repo.open(options.repo, create=True)
     timestamp = options.source_date_epoch or int(time.time())

@@ -14,17 +14,25 @@ import os
 import signal
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from apt_ostree import keys
+from apt_ostree.aptpkg.host import native_architecture
+from apt_ostree.layering import LayerPlan, PlannedDeb
+from apt_ostree.layering.assemble import assemble
+from apt_ostree.ostree import Repo
+from apt_ostree.progress import Progress
 from tests.support import sysroots
 from tests.support.aptrepo import AptRepo, make_gpg_key
 from tests.support.debian import SUITE, fetch_debian_debs
-from tests.support.debs import DebSpec
+from tests.support.debs import DebSpec, File, build_deb
 from tests.support.httpd import serve_directory
+from tests.support.images import copy_repo
 from tests.support.sysroots import Result
 
 pytestmark = [pytest.mark.slow]
@@ -589,6 +597,156 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
     result = cli("compose", "tree", "--repo", tmp_path)
     assert result.returncode == 2
     assert result.error_line.startswith("error: ")
+
+
+# ---------------------------------------------------------------------------------------------
+# a Debian vendor's keys: packages-ARCH, add-commit-metadata, mutate-os-release, path filters
+
+NATIVE = native_architecture()
+OTHER_ARCH = "arm64" if NATIVE != "arm64" else "amd64"
+
+
+def vendor_treefile(directory: Path, repo: AptRepo, **hyphenated: object) -> Path:
+    return treefile(
+        directory,
+        repo,
+        packages=[],
+        hyphenated={
+            f"packages-{NATIVE}": ["hello-aot"],
+            f"packages-{OTHER_ARCH}": ["no-such-package-aot"],  # never resolved here
+            "automatic-version-prefix": "12.2024",
+            "mutate-os-release": "12",
+            "add-commit-metadata": {
+                "com.example.build": 42,
+                "com.example.supported": True,
+                "com.example.channel": "treefile",
+            },
+            "documentation": False,
+            "install-langs": ["de", "pt_BR"],
+            **hyphenated,
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def vendor_composed(
+    tmp_path_factory: pytest.TempPathFactory, apt_repo: AptRepo, cachedir: Path
+) -> tuple[Path, Path]:
+    """The vendor treefile composed into a bare repository (assemble layers onto it)."""
+    work = tmp_path_factory.mktemp("vendor")
+    repo = work / "repo"
+    subprocess.run(["ostree", "init", f"--repo={repo}", "--mode=bare"], check=True)
+    result = cli(
+        "compose", "tree", vendor_treefile(work, apt_repo), "--repo", repo,
+        "--cachedir", cachedir, "--add-metadata-string", "com.example.channel=cli",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "mutate-os-release: 12 -> 12.2024.0" in result.stderr
+    return work, repo
+
+
+def tree_files(repo: Path, rev: str, path: str) -> dict[str, str]:
+    """Path -> type (`-` file, `d` folder, `l` symlink) of everything under `path`."""
+    found = {}
+    for line in ostree(repo, "ls", "-R", rev, path).splitlines():
+        fields = line.split()
+        found[fields[4]] = fields[0][0]
+    return found
+
+
+def test_vendor_keys_in_the_composed_tree(vendor_composed: tuple[Path, Path]) -> None:
+    _, repo = vendor_composed
+    assert metadata(repo, "test/os", "version") == "'12.2024.0'"
+    assert metadata(repo, "test/os", "com.example.build") == "int64 42"
+    assert metadata(repo, "test/os", "com.example.supported") == "true"
+    assert metadata(repo, "test/os", "com.example.channel") == "'cli'"  # the command line wins
+    packages = str(metadata(repo, "test/os", "aptostree.packages"))
+    assert "('hello-aot', '1.0', 'all')" in packages
+    os_release = ostree(repo, "cat", "test/os", "/usr/lib/os-release")
+    assert 'PRETTY_NAME="Debian GNU/Linux 12.2024.0 (bookworm)"\n' in os_release
+    assert 'VERSION="12.2024.0 (bookworm)"\n' in os_release
+    assert 'VERSION_ID="12"\n' in os_release
+    assert os_release.endswith("OSTREE_VERSION='12.2024.0'\n")
+    assert "/usr/etc/os-release -> ../usr/lib/os-release" in ostree(
+        repo, "ls", "test/os", "/usr/etc"
+    )
+
+
+def test_documentation_and_languages_are_filtered(vendor_composed: tuple[Path, Path]) -> None:
+    _, repo = vendor_composed
+    docs = tree_files(repo, "test/os", "/usr/share/doc")
+    assert "/usr/share/doc/dpkg/copyright" in docs
+    assert not [p for p in docs if "changelog" in p]
+    folders = [p for p, kind in docs.items() if kind == "d" and p.count("/") == 4]
+    assert len(folders) > 20
+    assert [f for f in folders if f + "/copyright" not in docs] == []  # Debian Policy 12.5
+    assert [p for p, kind in docs.items() if kind == "-" and not p.endswith("/copyright")] == []
+    assert [
+        p for p, kind in tree_files(repo, "test/os", "/usr/share/man").items() if kind == "-"
+    ] == []
+    locale = tree_files(repo, "test/os", "/usr/share/locale")
+    for kept in ("de", "pt_BR", "pt"):
+        assert f"/usr/share/locale/{kept}/LC_MESSAGES/dpkg.mo" in locale
+    assert not [
+        p for p in locale if p.startswith(("/usr/share/locale/fr/", "/usr/share/locale/nl/"))
+    ]
+    # the rules stay in the image: what a client layers later is filtered the same way
+    rules = ostree(repo, "cat", "test/os", "/usr/etc/dpkg/dpkg.cfg.d/99mmdebstrap")
+    assert "path-exclude=/usr/share/doc/*\npath-include=/usr/share/doc/*/copyright\n" in rules
+
+
+def test_layered_packages_follow_the_images_path_filters(
+    vendor_composed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A package a client layers is unpacked by dpkg with the image's /etc, whose
+    dpkg.cfg.d has the treefile's filters: its changelog and French translation stay out."""
+    _, composed_repo = vendor_composed
+    repo = copy_repo(composed_repo, tmp_path / "repo")
+    base = ostree(repo, "rev-parse", "test/os").strip()
+    spec = DebSpec(
+        name="docs-aot",
+        files={
+            "/usr/bin/docs-aot": File("#!/bin/sh\n", 0o755),
+            "/usr/share/doc/docs-aot/copyright": "licence\n",
+            "/usr/share/doc/docs-aot/changelog.gz": "changes\n",
+            "/usr/share/man/man1/docs-aot.1.gz": "manual\n",
+            "/usr/share/locale/de/LC_MESSAGES/docs-aot.mo": "de\n",
+            "/usr/share/locale/fr/LC_MESSAGES/docs-aot.mo": "fr\n",
+        },
+    )
+    deb = PlannedDeb(spec.name, spec.version, spec.architecture, build_deb(spec, tmp_path))
+    (repo / "tmp").mkdir(exist_ok=True)
+    layered = assemble(
+        Repo.open(repo),
+        base,
+        LayerPlan(install=(deb,)),
+        workdir=Path(tempfile.mkdtemp(dir=repo / "tmp")),
+        metadata={keys.CLIENTLAYER: True, keys.BASE_CHECKSUM: base},
+        progress=Progress(),
+    )
+    added = {line.split()[1] for line in ostree(repo, "diff", base, layered).splitlines()}
+    assert {
+        "/usr/bin/docs-aot",
+        "/usr/share/doc/docs-aot/copyright",
+        "/usr/share/locale/de/LC_MESSAGES/docs-aot.mo",
+    } <= added
+    for dropped in ("changelog.gz", "docs-aot.1.gz", "fr/LC_MESSAGES"):
+        assert not [p for p in added if dropped in p], added
+
+
+def test_mutate_os_release_without_its_base_fails_cleanly(
+    vendor_composed: tuple[Path, Path], apt_repo: AptRepo, cachedir: Path, tmp_path: Path
+) -> None:
+    _, repo = vendor_composed
+    before = repo_snapshot(repo)
+    tf = vendor_treefile(tmp_path, apt_repo, **{"mutate-os-release": "13"})
+    result = cli("compose", "tree", tf, "--repo", repo, "--cachedir", cachedir)
+    _fails_cleanly(result, repo, before, "mutate-os-release", "'13'", 'VERSION="12 (bookworm)"')
+    # a treefile error: one line with its position, before anything is made
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("ref: test/os\npackages: [hello-aot]\npackages: [dpkg]\n")
+    result = cli("compose", "tree", dup, "--repo", repo, "--cachedir", cachedir)
+    _fails_cleanly(result, repo, before, f"{dup}:3:1: duplicate key 'packages' (first at line 2)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from apt_ostree.run import run
 
 EPOCH = 1700000000
 MAINTAINER = "apt-ostree tests <tests@localhost>"
-SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
+SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ class DebSpec:
     postinst: str = ""
     prerm: str = ""
     postrm: str = ""
+    config: str = ""  # debconf's config script (debconf-devel(7))
+    templates: str = ""  # debconf's templates file
     triggers: str = ""
     extra_control: Mapping[str, str] = field(default_factory=dict, hash=False)
 
@@ -179,10 +181,9 @@ def _write_control(debian: Path, spec: DebSpec) -> None:
     conffiles = default_conffiles(spec) if spec.conffiles is None else spec.conffiles
     if conffiles:
         members["conffiles"] = "".join(f"{c}\n" for c in conffiles)
-    if spec.triggers:
-        members["triggers"] = (
-            spec.triggers if spec.triggers.endswith("\n") else spec.triggers + "\n"
-        )
+    for name in ("triggers", "templates"):
+        if text := getattr(spec, name):
+            members[name] = text if text.endswith("\n") else text + "\n"
     for name, text in members.items():
         (debian / name).write_text(text)
         (debian / name).chmod(0o644)

@@ -49,6 +49,7 @@ class Treefile:
     initramfs_args: tuple[str, ...] = ()
     machineid_compat: bool = True
     automatic_updates: str | None = None  # apt-ostreed's AutomaticUpdatePolicy in the image
+    etc_group_members: tuple[str, ...] | None = None  # None: the key is absent
     flattened: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def flattened_json(self) -> str:
@@ -80,7 +81,11 @@ _STRING_LISTS = (
     "initramfs-args",
 )
 _OTHER = ("repos", "add-files", "include", "variables")
-KNOWN_KEYS = frozenset(_SCALARS) | frozenset(_STRING_LISTS) | frozenset(_OTHER)
+# users and groups (docs/treefile.md, "Users and groups")
+_ACCOUNT_LISTS = ("etc-group-members",)
+KNOWN_KEYS = (
+    frozenset(_SCALARS) | frozenset(_STRING_LISTS) | frozenset(_OTHER) | frozenset(_ACCOUNT_LISTS)
+)
 _REPO_KEYS = frozenset({"uris", "suites", "components", "signed-by", "types"})
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
 _REF_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -147,6 +152,16 @@ def _check_other_types(path: Path, data: Mapping[str, Any]) -> None:
     repos = data.get("repos", [])
     if not isinstance(repos, list) or not all(isinstance(r, dict) for r in repos):
         raise TreefileError(f"{path}: key 'repos': expected a list of deb822-style mappings")
+    _check_account_types(path, data)
+
+
+def _check_account_types(path: Path, data: Mapping[str, Any]) -> None:
+    for key in _ACCOUNT_LISTS:
+        if key in data:
+            _check_string_list(path, key, data[key])
+    for name in data.get("etc-group-members", []):
+        if not name or any(c.isspace() or c in ":," for c in name):
+            raise TreefileError(f"{path}: key 'etc-group-members': '{name}' is not a group name")
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -283,6 +298,7 @@ def load(path: Path | str) -> Treefile:
     if add_files:
         # Host paths vary between machines; the content is what matters (reproducibility).
         flattened["add-files"] = [[_sha256_file(a.source), a.dest] for a in add_files]
+    group_members = data.get("etc-group-members")
     repos = data.get("repos")
     return Treefile(
         path=path,
@@ -306,6 +322,7 @@ def load(path: Path | str) -> Treefile:
         initramfs_args=tuple(data.get("initramfs-args", [])),
         machineid_compat=data.get("machineid-compat", True),
         automatic_updates=_automatic_updates(path, data.get("automatic-updates")),
+        etc_group_members=None if group_members is None else tuple(group_members),
         flattened=flattened,
     )
 

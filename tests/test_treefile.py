@@ -153,3 +153,24 @@ def test_example_treefiles_load() -> None:
     assert set(minimal.packages) < set(server.packages)
     assert minimal.ref != server.ref
     assert minimal.repos is None  # the host's apt sources: no mirror written down
+
+
+def test_etc_group_members(tmp_path: Path) -> None:
+    t = treefile.load(write(tmp_path / "t.yaml", "ref: os/x\netc-group-members: [sudo, adm]\n"))
+    assert t.etc_group_members == ("sudo", "adm")
+    assert treefile.load(write(tmp_path / "plain.yaml", "ref: os/x\n")).etc_group_members is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("etc-group-members: sudo\n", "key 'etc-group-members': expected a list of strings"),
+        ("etc-group-members: ['a b']\n", "key 'etc-group-members': 'a b' is not a group name"),
+    ],
+)
+def test_bad_values_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path / "bad.yaml", "ref: os/x\n" + text)
+    with pytest.raises(TreefileError) as e:
+        treefile.load(path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+    assert "\n" not in str(e.value)

@@ -182,6 +182,7 @@ class PostprocessOptions:
     initramfs_args: tuple[str, ...] = ()
     machineid_compat: bool = True  # False: no /etc/machine-id at all; True: an empty one
     automatic_updates: str | None = None  # AutomaticUpdatePolicy of the image's apt-ostreed
+    etc_group_members: tuple[str, ...] | None = None  # kept for the accounts merge
 
 
 def postprocess(rootfs: Path, options: PostprocessOptions, progress: Progress) -> None:
@@ -222,6 +223,7 @@ def _convert(
     prepare_kernel(rootfs, options.initramfs_args, progress, keep_initramfs=foreign)
     if (rootfs / "usr/lib/systemd/system").is_dir():
         install_accounts_unit(rootfs)
+    accounts.install_group_members(rootfs, options.etc_group_members)
     progress.message("    converting to the OSTree layout")
     move_sysimage(rootfs)
     drop_machine_state(rootfs, machineid_compat=options.machineid_compat)

@@ -278,6 +278,7 @@ def postprocess_options(treefile: Treefile) -> PostprocessOptions:
         initramfs_args=treefile.initramfs_args,
         machineid_compat=treefile.machineid_compat,
         automatic_updates=treefile.automatic_updates,
+        etc_group_members=treefile.etc_group_members,
     )
 
 

@@ -310,6 +310,9 @@ def test_users_from_scripts_reach_an_edited_etc_passwd(layered: Layered, tmp_pat
                      ("group", "localadmin:x:1500:")):  # fmt: skip
         with (root / "etc" / db).open("a") as f:
             f.write(line + "\n")
+    group = root / "etc/group"  # and made localadmin a member of users
+    group.write_text(group.read_text().replace("\nusers:*:100:\n", "\nusers:*:100:localadmin\n"))
+    assert "\nusers:*:100:localadmin\n" in group.read_text()
     deb = build_deb(
         DebSpec(
             name="svc-aot",
@@ -319,6 +322,7 @@ def test_users_from_scripts_reach_an_edited_etc_passwd(layered: Layered, tmp_pat
                 "grep -q '^svcaot:' /etc/passwd || "
                 "echo 'svcaot:x:990:990::/nonexistent:/usr/sbin/nologin' >> /etc/passwd\n"
                 "grep -q '^svcaot:' /etc/group || echo 'svcaot:x:990:' >> /etc/group\n"
+                "sed -i '/^users:/ s/$/svcaot/' /etc/group\n"  # adduser svcaot users
             ),
         ),
         tmp_path,
@@ -330,6 +334,8 @@ def test_users_from_scripts_reach_an_edited_etc_passwd(layered: Layered, tmp_pat
     passwd = (new / "etc/passwd").read_text()
     assert "localadmin:x:1500" in passwd and "svcaot:x:990" in passwd
     assert "svcaot:x:990:" in (new / "etc/group").read_text()
+    # the image has no etc-group-members: a group keeps its local members, gets the image's
+    assert "\nusers:*:100:localadmin,svcaot\n" in (new / "etc/group").read_text()
     # and the boot-time merge is in the image for staged deployments
     assert (
         new / "usr/lib/systemd/system/sysinit.target.wants/apt-ostree-accounts.service"

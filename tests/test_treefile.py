@@ -161,9 +161,43 @@ def test_etc_group_members(tmp_path: Path) -> None:
     assert treefile.load(write(tmp_path / "plain.yaml", "ref: os/x\n")).etc_group_members is None
 
 
+def test_preserve_and_check_passwd(tmp_path: Path) -> None:
+    d = tmp_path / "conf"
+    d.mkdir()
+    write(d / "passwd", "aot:x:990:990::/nonexistent:/usr/sbin/nologin\n")
+    t = treefile.load(
+        write(
+            d / "t.yaml",
+            "ref: os/x\npreserve-passwd: false\n"
+            "check-passwd: {type: file, filename: passwd}\n"
+            "check-groups: {type: data, entries: {aot: 990}}\n",
+        )
+    )
+    assert t.preserve_passwd is False
+    assert t.check_passwd == treefile.AccountCheck(treefile.CheckType.FILE, filename=d / "passwd")
+    assert t.check_groups.type is treefile.CheckType.DATA
+    assert t.check_groups.entries == {"aot": (990,)}
+    assert str(d) not in t.flattened_json()  # the file's content goes into the input hash
+    plain = treefile.load(write(tmp_path / "plain.yaml", "ref: os/x\n"))
+    assert plain.preserve_passwd is True
+    assert plain.check_passwd.type is plain.check_groups.type is treefile.CheckType.PREVIOUS
+    assert "check-passwd" not in plain.flattened
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
+        ("preserve-passwd: 1\n", "key 'preserve-passwd': expected true or false"),
+        ("check-passwd: previous\n", "key 'check-passwd': expected a mapping with 'type': none,"),
+        ("check-groups: {type: prev}\n", "key 'check-groups': expected a mapping with 'type'"),
+        ("check-passwd: {type: file}\n", "key 'check-passwd': type file needs 'filename'"),
+        ("check-passwd: {type: file, filename: nope}\n", "nope is not a file"),
+        (
+            "check-passwd: {type: none, filename: x}\n",
+            "key 'check-passwd': unknown field 'filename'",
+        ),
+        ("check-passwd: {type: data, entries: {a: [1, 2, 3]}}\n", "a UID or [UID, GID]"),
+        ("check-groups: {type: data, entries: {a: [1, 2]}}\n", "names to a GID"),
         ("etc-group-members: sudo\n", "key 'etc-group-members': expected a list of strings"),
         ("etc-group-members: ['a b']\n", "key 'etc-group-members': 'a b' is not a group name"),
     ],

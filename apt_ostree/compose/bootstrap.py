@@ -4,11 +4,17 @@ The resolver has fixed every package's version and the .debs are in the cache, s
 mmdebstrap runs with `--variant=custom` and the full closure as `name=version`, on apt
 lists and archives linked in from our apt state (`--skip=update`): it touches no network
 and cannot pick a different version than the one resolved and hashed.
+
+With `--variant=custom` mmdebstrap installs every package in one `dpkg --install`, between
+its extract hooks and its essential hooks (mmdebstrap(1), "HOOKS"), so what must be there
+before any maintainer script goes in a setup hook (the previous commit's account databases,
+`compose/passwd.py`).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +34,7 @@ class BootstrapInput:
     packages: tuple[ResolvedPackage, ...]
     debs: tuple[Path, ...]  # the downloaded .debs of `packages`
     source_date_epoch: int | None = None
+    etc_seed: Path | None = None  # a folder of files for /etc before any package is installed
 
 
 def link_or_copy(src: Path, dest: Path) -> None:
@@ -66,10 +73,19 @@ def mmdebstrap_argv(target: Path, inp: BootstrapInput) -> list[str]:
         # dpkg's own lines ("Setting up ...") drive the progress count
         "--verbose",
         f"--include={include}",
+        *hooks(inp),
         inp.suite,
         str(target),
         str(inp.sources_file),
     ]
+
+
+def hooks(inp: BootstrapInput) -> list[str]:
+    """mmdebstrap's hooks for the seed (sh -c, the tree as $1)."""
+    found = []
+    if inp.etc_seed is not None:
+        found.append(f'--setup-hook=cp -a -- {shlex.quote(str(inp.etc_seed))}/. "$1/etc/"')
+    return found
 
 
 def bootstrap_env(inp: BootstrapInput) -> Mapping[str, str]:

@@ -28,7 +28,7 @@ from apt_ostree.aptpkg.host import host_codename, native_architecture
 from apt_ostree.aptpkg.resolve import Request, resolve
 from apt_ostree.aptpkg.root import AptRoot, ResolvedPackage
 from apt_ostree.aptpkg.sources import RepoEntry, read_host_sources, sources_key
-from apt_ostree.compose import lockfile
+from apt_ostree.compose import lockfile, passwd
 from apt_ostree.compose.bootstrap import BootstrapInput, bootstrap
 from apt_ostree.compose.postprocess import PostprocessOptions, postprocess, shipped_digest
 from apt_ostree.errors import AptOstreeError, RepoError
@@ -244,6 +244,7 @@ def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress
         return ComposeResult(
             treefile.ref, False, previous.checksum, previous.version, tuple(packages), inputhash
         )
+    accounts = passwd.previous_databases(options.repo, previous.checksum if previous else None)
     with progress.step("Downloading packages"):
         debs = apt.download(packages, progress)
     with workdir(options.cachedir) as work:
@@ -258,11 +259,15 @@ def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress
                     packages=tuple(packages),
                     debs=tuple(debs),
                     source_date_epoch=options.source_date_epoch,
+                    etc_seed=passwd.write_seed(
+                        work / "etc-seed", passwd.seed_files(treefile, accounts)
+                    ),
                 ),
                 progress,
             )
         with progress.step("Postprocessing"):
             postprocess(rootfs, postprocess_options(treefile), progress)
+            passwd.check(treefile, rootfs / "usr/etc", accounts)
         with progress.step("Committing"):
             result = _commit(treefile, options, previous, rootfs, packages, inputhash)
     return publish(result, options, previous.checksum if previous else None, progress)

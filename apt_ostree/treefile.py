@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from apt_ostree import debconf
 from apt_ostree.aptpkg.host import native_architecture
 from apt_ostree.aptpkg.resolve import Variant
 from apt_ostree.aptpkg.sources import RepoEntry
@@ -70,6 +71,7 @@ class Treefile:
     check_passwd: AccountCheck = field(default_factory=AccountCheck)
     check_groups: AccountCheck = field(default_factory=AccountCheck)
     etc_group_members: tuple[str, ...] | None = None  # None: the key is absent
+    debconf: tuple[str, ...] = ()  # debconf-set-selections lines: debconf-file's, then debconf's
     flattened: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def flattened_json(self) -> str:
@@ -105,9 +107,9 @@ _STRING_LISTS = (
     "initramfs-args",
 )
 _OTHER = ("repos", "add-files", "include", "variables")
-# users and groups (docs/treefile.md, "Users and groups")
-_SCALARS.update({"preserve-passwd": (bool, "true or false")})
-_ACCOUNT_LISTS = ("etc-group-members",)
+# users, groups and debconf answers (docs/treefile.md, "Users and groups" and "debconf")
+_SCALARS.update({"preserve-passwd": (bool, "true or false"), "debconf-file": (str, "a path")})
+_ACCOUNT_LISTS = ("etc-group-members", "debconf")
 _ACCOUNT_CHECKS = ("check-passwd", "check-groups")
 KNOWN_KEYS = (
     frozenset(_SCALARS)
@@ -188,6 +190,13 @@ def _check_account_types(path: Path, data: Mapping[str, Any]) -> None:
     for key in _ACCOUNT_LISTS:
         if key in data:
             _check_string_list(path, key, data[key])
+    for line in data.get("debconf", []):
+        if "\n" in line or not line.strip() or line.lstrip().startswith("#"):
+            wrong: str | None = f"{line!r} is not one 'OWNER QUESTION TYPE VALUE' line"
+        else:
+            wrong = debconf.problem(line)
+        if wrong is not None:
+            raise TreefileError(f"{path}: key 'debconf': {wrong}")
     for name in data.get("etc-group-members", []):
         if not name or any(c.isspace() or c in ":," for c in name):
             raise TreefileError(f"{path}: key 'etc-group-members': '{name}' is not a group name")
@@ -244,6 +253,8 @@ def _absolutize(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         out["postprocess-script"] = str(base / out["postprocess-script"])
     if "add-files" in out:
         out["add-files"] = [[str(base / src), dest] for src, dest in out["add-files"]]
+    if "debconf-file" in out:
+        out["debconf-file"] = str(base / out["debconf-file"])
     for key in _ACCOUNT_CHECKS:
         if "filename" in out.get(key, {}):
             out[key] = {**out[key], "filename": str(base / out[key]["filename"])}
@@ -327,6 +338,20 @@ def _read_script(path: Path, script: str) -> str:
         ) from e
 
 
+def _inline_debconf(path: Path, data: dict[str, Any]) -> None:
+    """debconf-file's answers, checked, go first into 'debconf' (as postprocess-script)."""
+    if "debconf-file" not in data:
+        return
+    name = data.pop("debconf-file")
+    try:
+        lines = debconf.answers(Path(name).read_text())
+    except OSError as e:
+        raise TreefileError(f"{path}: key 'debconf-file': cannot read {name}: {e.strerror}") from e
+    except ValueError as e:
+        raise TreefileError(f"{path}: key 'debconf-file': {name} {e}") from e
+    data["debconf"] = lines + list(data.get("debconf", []))
+
+
 def _account_check(path: Path, key: str, value: Mapping[str, Any]) -> AccountCheck:
     kind = CheckType(value["type"])
     if kind is CheckType.FILE:
@@ -382,6 +407,7 @@ def load(path: Path | str) -> Treefile:
     if "postprocess-script" in data:
         scripts.insert(0, _read_script(path, data.pop("postprocess-script")))
         data["postprocess"] = scripts
+    _inline_debconf(path, data)
     add_files = tuple(AddFile(Path(s), d) for s, d in data.get("add-files", []))
     flattened = dict(data)
     if add_files:
@@ -416,6 +442,7 @@ def load(path: Path | str) -> Treefile:
         check_passwd=checks["check-passwd"],
         check_groups=checks["check-groups"],
         etc_group_members=None if group_members is None else tuple(group_members),
+        debconf=tuple(data.get("debconf", [])),
         flattened=flattened,
     )
 

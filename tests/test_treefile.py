@@ -184,6 +184,26 @@ def test_preserve_and_check_passwd(tmp_path: Path) -> None:
     assert "check-passwd" not in plain.flattened
 
 
+def test_debconf_answers(tmp_path: Path) -> None:
+    d = tmp_path / "conf"
+    d.mkdir()
+    write(d / "answers", "# zones\ntzdata tzdata/Areas select Europe\n\n")
+    t = treefile.load(
+        write(
+            d / "t.yaml",
+            "ref: os/x\ndebconf-file: answers\n"
+            "debconf: ['tzdata tzdata/Zones/Europe select Berlin']\n",
+        )
+    )
+    # the file's answers first, comments and blank lines left out; inlined for the input hash
+    assert t.debconf == (
+        "tzdata tzdata/Areas select Europe",
+        "tzdata tzdata/Zones/Europe select Berlin",
+    )
+    assert "debconf-file" not in t.flattened and list(t.flattened["debconf"]) == list(t.debconf)
+    assert treefile.load(write(tmp_path / "plain.yaml", "ref: os/x\n")).debconf == ()
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -200,11 +220,25 @@ def test_preserve_and_check_passwd(tmp_path: Path) -> None:
         ("check-groups: {type: data, entries: {a: [1, 2]}}\n", "names to a GID"),
         ("etc-group-members: sudo\n", "key 'etc-group-members': expected a list of strings"),
         ("etc-group-members: ['a b']\n", "key 'etc-group-members': 'a b' is not a group name"),
+        ("debconf: tzdata\n", "key 'debconf': expected a list of strings"),
+        (
+            "debconf: ['tzdata tzdata/Areas']\n",
+            "key 'debconf': 'tzdata tzdata/Areas' is not 'OWNER",
+        ),
+        ("debconf: ['t t/q selct x']\n", "key 'debconf': 't t/q selct x': type 'selct' is not"),
+        ("debconf: ['# a comment']\n", "key 'debconf': '# a comment' is not one"),
+        ("debconf-file: nope\n", "key 'debconf-file': cannot read"),
+        ("debconf-file: bad-answers\n", "key 'debconf-file': "),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    write(tmp_path / "bad-answers", "tzdata tzdata/Areas select Europe\nbroken\n")
     path = write(tmp_path / "bad.yaml", "ref: os/x\n" + text)
     with pytest.raises(TreefileError) as e:
         treefile.load(path)
     assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
     assert "\n" not in str(e.value)
+    if "bad-answers" in text:
+        assert str(e.value).endswith(
+            "bad-answers line 2: 'broken' is not 'OWNER QUESTION TYPE VALUE'"
+        )

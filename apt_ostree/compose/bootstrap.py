@@ -8,7 +8,8 @@ and cannot pick a different version than the one resolved and hashed.
 With `--variant=custom` mmdebstrap installs every package in one `dpkg --install`, between
 its extract hooks and its essential hooks (mmdebstrap(1), "HOOKS"), so what must be there
 before any maintainer script goes in a setup hook (the previous commit's account databases,
-`compose/passwd.py`).
+`compose/passwd.py`) and debconf's answers in an extract hook: every package is unpacked by
+then, debconf's and perl's files with them, and none is configured.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class BootstrapInput:
     debs: tuple[Path, ...]  # the downloaded .debs of `packages`
     source_date_epoch: int | None = None
     etc_seed: Path | None = None  # a folder of files for /etc before any package is installed
+    debconf_answers: Path | None = None  # a debconf-set-selections file, before any is configured
 
 
 def link_or_copy(src: Path, dest: Path) -> None:
@@ -81,10 +83,13 @@ def mmdebstrap_argv(target: Path, inp: BootstrapInput) -> list[str]:
 
 
 def hooks(inp: BootstrapInput) -> list[str]:
-    """mmdebstrap's hooks for the seed (sh -c, the tree as $1)."""
+    """mmdebstrap's hooks for the seed and the answers (sh -c, the tree as $1)."""
     found = []
     if inp.etc_seed is not None:
         found.append(f'--setup-hook=cp -a -- {shlex.quote(str(inp.etc_seed))}/. "$1/etc/"')
+    if inp.debconf_answers is not None:
+        answers = shlex.quote(str(inp.debconf_answers))
+        found.append(f'--extract-hook=chroot "$1" debconf-set-selections < {answers}')
     return found
 
 

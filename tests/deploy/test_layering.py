@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from apt_ostree import debconf
 from apt_ostree.cli.render import render_status
 from apt_ostree.errors import AptOstreeError, LayeringError, PackageError
 from apt_ostree.progress import Progress
@@ -36,12 +37,14 @@ from apt_ostree.system.requests import (
 from apt_ostree.system.results import CommitDiff, Outcome
 from tests.support.aptrepo import AptRepo
 from tests.support.debian import SUITE
-from tests.support.debs import DebSpec, build_deb
+from tests.support.debs import DebSpec, build_deb, debconf_deb
 from tests.support.httpd import Server
 from tests.support.images import hello_deb
 from tests.support.sysroots import Machine, Recorder, cli, ok, ostree
 
 pytestmark = [pytest.mark.slow]
+
+TYPES = ", ".join(sorted(debconf.TYPES))
 
 LAYER_DEBS = [
     DebSpec(
@@ -63,6 +66,7 @@ LAYER_DEBS = [
     DebSpec(name="newer-base-aot", depends="hello-aot (>= 9.0)"),
     DebSpec(name="failing-aot", postinst="#!/bin/sh\necho configuring >&2\nexit 3\n"),
     hello_deb("1.1"),
+    debconf_deb("asks-aot", {"pet": "none", "food": "none"}),
 ]
 
 
@@ -340,6 +344,27 @@ def test_users_from_scripts_reach_an_edited_etc_passwd(layered: Layered, tmp_pat
     assert (
         new / "usr/lib/systemd/system/sysinit.target.wants/apt-ostree-accounts.service"
     ).exists()
+
+
+def test_layered_packages_take_the_machines_debconf_answers(layered: Layered) -> None:
+    m = layered.machine
+    answers = layered.deployment() / "etc/apt-ostree/debconf.d"
+    answers.mkdir(parents=True)
+    (answers / "bad.conf").write_text("# the pet\nasks-aot asks-aot/pet strnig dog\n")
+    before = m.snapshot()
+    with pytest.raises(LayeringError) as error:
+        m.run(Install(packages=("asks-aot",)))
+    assert str(error.value) == (
+        "debconf answers: /etc/apt-ostree/debconf.d/bad.conf: line 2: "
+        f"'asks-aot asks-aot/pet strnig dog': type 'strnig' is not one of {TYPES}"
+    )
+    assert m.snapshot() == before
+    (answers / "bad.conf").unlink()
+    (answers / "pets.conf").write_text("# the pet\nasks-aot asks-aot/pet string dog\n")
+    layered.change(Install(packages=("asks-aot",)))
+    # the package wrote its configuration from the answer (and the default for the other)
+    assert (layered.deployment() / "etc/asks-aot.conf").read_text() == "pet=dog\nfood=none\n"
+    m.fsck()
 
 
 def test_initramfs_regenerated_on_the_client_and_kept_across_upgrades(layered: Layered) -> None:

@@ -81,6 +81,26 @@ class DebSpec:
         )
 
 
+def debconf_deb(name: str, questions: Mapping[str, str]) -> DebSpec:
+    """A package with debconf string questions (QUESTION -> default), asked by its config
+    script; its postinst writes the answers to /etc/NAME.conf, as packages write their
+    configuration from debconf (debconf-devel(7))."""
+    templates = "\n".join(
+        f"Template: {name}/{q}\nType: string\nDefault: {default}\nDescription: {q}?\n"
+        for q, default in questions.items()
+    )
+    ask = "".join(f"db_input high {name}/{q} || true\n" for q in questions)
+    write = "".join(f'db_get {name}/{q}\necho "{q}=$RET" >> /etc/{name}.conf\n' for q in questions)
+    confmodule = ". /usr/share/debconf/confmodule\n"
+    return DebSpec(
+        name=name,
+        depends="debconf",
+        templates=templates,
+        config=f"{confmodule}{ask}db_go || true\n",
+        postinst=f"{confmodule}rm -f /etc/{name}.conf\n{write}",
+    )
+
+
 def _relation(value: Relation) -> str:
     return value if isinstance(value, str) else ", ".join(value)
 

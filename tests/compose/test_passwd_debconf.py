@@ -158,3 +158,15 @@ def layer_onto(repo: Path, tmp_path: Path, machine: str) -> str:
         options=AssembleOptions(debconf_answers=machine),
     )
     return cat(bare, checksum, "/usr/etc/later-aot.conf")
+
+
+def test_answers_for_an_image_without_debconf(apt_repo: AptRepo, tmp_path: Path) -> None:
+    tf = treefile(tmp_path, apt_repo, variant="custom", packages=["dpkg"])
+    result = cli("compose", "tree", tf, "--repo", tmp_path / "repo", "--dry-run",
+                 "--cachedir", tmp_path / "cache")  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert result.error_line == (
+        f"error: {tf}: key 'debconf': the image has no debconf to take the answers "
+        "(add it to 'packages')"
+    )
+    assert not (tmp_path / "repo").exists()

@@ -39,12 +39,13 @@ set -e
 root=${{1:-}}
 listed="$root/{GROUP_MEMBERS}"
 [ -f "$listed" ] && haslist=1 || {{ haslist=0; listed=/dev/null; }}
+# the merge goes to /run first: /etc is written only when something changes
+out=$(mktemp "${{TMPDIR:-/run}}/apt-ostree-accounts.XXXXXX")
+trap 'rm -f "$out"' EXIT
 for db in passwd group shadow gshadow; do
     image="$root/usr/etc/$db" etc="$root/etc/$db"
     [ -f "$image" ] && [ -f "$etc" ] || continue
     case $db in group|gshadow) members=4 ;; *) members=0 ;; esac
-    new="$etc.apt-ostree-new"
-    cp -p "$etc" "$new"
     awk -F: -v OFS=: -v members=$members -v haslist=$haslist '
         function merge(name, local, image,    out, seen, parts, k, i) {{
             if (haslist && !(name in keep)) return image
@@ -75,8 +76,11 @@ for db in passwd group shadow gshadow; do
             print
         }}
         END {{ for (i = 1; i <= n; i++) if (!(names[i] in have)) print img[names[i]] }}
-    ' "$listed" "$image" "$etc" > "$new"
-    if cmp -s "$new" "$etc"; then rm -f "$new"; else mv -f "$new" "$etc"; fi
+    ' "$listed" "$image" "$etc" > "$out"
+    cmp -s "$out" "$etc" && continue
+    cp -p "$etc" "$etc.apt-ostree-new"  # its mode and owner (shadow is 0640 root:shadow)
+    cat "$out" > "$etc.apt-ostree-new"
+    mv -f "$etc.apt-ostree-new" "$etc"
 done
 """
 

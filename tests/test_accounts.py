@@ -75,8 +75,12 @@ def _merged(tmp_path: Path, listed: str | None) -> dict[str, str]:
     script = _members_tree(tmp_path / "script", listed)
     python = _members_tree(tmp_path / "python", listed)
     (tmp_path / "merge-accounts").write_text(SCRIPT_TEXT)
-    for _ in range(2):  # a second run changes nothing
-        subprocess.run(["sh", str(tmp_path / "merge-accounts"), str(script)], check=True)
+    subprocess.run(["sh", str(tmp_path / "merge-accounts"), str(script)], check=True)
+    written = {db: (script / "etc" / db).stat() for db in MEMBERS_IMAGE}
+    subprocess.run(["sh", str(tmp_path / "merge-accounts"), str(script)], check=True)
+    for db, st in written.items():  # a second run has nothing to change: it writes nothing
+        again = (script / "etc" / db).stat()
+        assert (again.st_ino, again.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), db
     assert sorted(merge_accounts(python)) == ["_svc", "_svc", "_svc"]  # passwd, group, gshadow
     assert merge_accounts(python) == []
     for db in MEMBERS_IMAGE:

@@ -13,10 +13,11 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from apt_ostree import keys
+from apt_ostree import debconf, keys
 from apt_ostree.aptpkg.host import native_architecture
 from apt_ostree.aptpkg.resolve import Variant
 from apt_ostree.aptpkg.sources import RepoEntry
@@ -30,6 +31,22 @@ MetadataValue = str | int | float | bool
 class AddFile:
     source: Path
     dest: str
+
+
+class CheckType(StrEnum):
+    NONE = "none"
+    PREVIOUS = "previous"  # the previous commit of the ref
+    FILE = "file"
+    DATA = "data"
+
+
+@dataclass(frozen=True)
+class AccountCheck:
+    """`check-passwd` or `check-groups`: the IDs a new tree must keep (rpm-ostree's shape)."""
+
+    type: CheckType = CheckType.PREVIOUS
+    filename: Path | None = None  # FILE: a passwd or group file
+    entries: Mapping[str, tuple[int, ...]] = field(default_factory=dict, hash=False)  # DATA
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,11 @@ class Treefile:
     mutate_os_release: str | None = None  # the base version in os-release's VERSION
     documentation: bool = True  # False: dpkg leaves out /usr/share/{doc,man,info}
     install_langs: tuple[str, ...] | None = None  # None: every translation
+    preserve_passwd: bool = True
+    check_passwd: AccountCheck = field(default_factory=AccountCheck)
+    check_groups: AccountCheck = field(default_factory=AccountCheck)
+    etc_group_members: tuple[str, ...] | None = None  # None: the key is absent
+    debconf: tuple[str, ...] = ()  # debconf-set-selections lines: debconf-file's, then debconf's
     flattened: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def flattened_json(self) -> str:
@@ -63,6 +85,10 @@ class Treefile:
     def external_files_digest(self) -> dict[str, str]:
         """sha256 of every file the treefile names, keyed by its destination."""
         return {a.dest: _sha256_file(a.source) for a in self.add_files}
+
+    def account_checks(self) -> dict[str, AccountCheck]:
+        """The check of each account database (`passwd`, `group`)."""
+        return {"passwd": self.check_passwd, "group": self.check_groups}
 
 
 # key -> (python type(s) of the raw value, human description)
@@ -89,7 +115,16 @@ _STRING_LISTS = (
     "install-langs",
 )
 _OTHER = ("repos", "add-files", "include", "variables", "add-commit-metadata")
-KNOWN_KEYS = frozenset(_SCALARS) | frozenset(_STRING_LISTS) | frozenset(_OTHER)
+# users, groups and debconf answers (docs/treefile.md, "Users and groups" and "debconf")
+_SCALARS.update({"preserve-passwd": (bool, "true or false"), "debconf-file": (str, "a path")})
+_ACCOUNT_LISTS = ("etc-group-members", "debconf")
+_ACCOUNT_CHECKS = ("check-passwd", "check-groups")
+KNOWN_KEYS = (
+    frozenset(_SCALARS)
+    | frozenset(_STRING_LISTS)
+    | frozenset(_OTHER)
+    | frozenset(_ACCOUNT_LISTS + _ACCOUNT_CHECKS)
+)
 _REPO_KEYS = frozenset({"uris", "suites", "components", "signed-by", "types"})
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\}")
 _REF_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
@@ -162,6 +197,7 @@ def _check_other_types(path: Path, data: Mapping[str, Any]) -> None:
     if not isinstance(repos, list) or not all(isinstance(r, dict) for r in repos):
         raise TreefileError(f"{path}: key 'repos': expected a list of deb822-style mappings")
     _check_commit_metadata(path, data.get("add-commit-metadata", {}))
+    _check_account_types(path, data)
 
 
 def _is_arch_packages(path: Path, key: Any) -> bool:
@@ -194,6 +230,52 @@ def _check_commit_metadata(path: Path, metadata: Any) -> None:
             raise TreefileError(f"{path}: {what}: '{name}': expected a string (quote it)")
 
 
+def _check_account_types(path: Path, data: Mapping[str, Any]) -> None:
+    for key in _ACCOUNT_LISTS:
+        if key in data:
+            _check_string_list(path, key, data[key])
+    for line in data.get("debconf", []):
+        if "\n" in line or not line.strip() or line.lstrip().startswith("#"):
+            wrong: str | None = f"{line!r} is not one 'OWNER QUESTION TYPE VALUE' line"
+        else:
+            wrong = debconf.problem(line)
+        if wrong is not None:
+            raise TreefileError(f"{path}: key 'debconf': {wrong}")
+    for name in data.get("etc-group-members", []):
+        if not name or any(c.isspace() or c in ":," for c in name):
+            raise TreefileError(f"{path}: key 'etc-group-members': '{name}' is not a group name")
+    for key in _ACCOUNT_CHECKS:
+        _check_account_check(path, key, data.get(key, {"type": "previous"}))
+
+
+def _check_account_check(path: Path, key: str, value: Any) -> None:
+    types = ", ".join(t.value for t in CheckType)
+    if not isinstance(value, dict) or value.get("type") not in list(CheckType):
+        raise TreefileError(f"{path}: key '{key}': expected a mapping with 'type': {types}")
+    allowed = {"type", {"file": "filename", "data": "entries"}.get(value["type"], "type")}
+    if unknown := sorted(set(value) - allowed):
+        raise TreefileError(f"{path}: key '{key}': unknown field '{unknown[0]}'")
+    if value["type"] == "file" and not isinstance(value.get("filename"), str):
+        raise TreefileError(f"{path}: key '{key}': type file needs 'filename', a path")
+    entries = value.get("entries", {})
+    users = key == "check-passwd"
+    if value["type"] == "data" and (
+        not isinstance(entries, dict)
+        or not entries
+        or not all(_is_ids(v, pair=users) for v in entries.values())
+    ):
+        what = "a UID or [UID, GID]" if users else "a GID"
+        raise TreefileError(
+            f"{path}: key '{key}': type data needs 'entries', a mapping of names to {what}"
+        )
+
+
+def _is_ids(value: Any, *, pair: bool) -> bool:
+    """An ID, or with `pair` also [UID, GID] (rpm-ostree's `entries`)."""
+    ids = value if pair and isinstance(value, list) and 1 <= len(value) <= 2 else [value]
+    return all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
+
+
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """`over` is the including file: its scalars win, lists concatenate, mappings merge."""
     out = dict(base)
@@ -215,6 +297,11 @@ def _absolutize(path: Path, data: dict[str, Any]) -> dict[str, Any]:
         out["postprocess-script"] = str(base / out["postprocess-script"])
     if "add-files" in out:
         out["add-files"] = [[str(base / src), dest] for src, dest in out["add-files"]]
+    if "debconf-file" in out:
+        out["debconf-file"] = str(base / out["debconf-file"])
+    for key in _ACCOUNT_CHECKS:
+        if "filename" in out.get(key, {}):
+            out[key] = {**out[key], "filename": str(base / out[key]["filename"])}
     return out
 
 
@@ -295,6 +382,47 @@ def _read_script(path: Path, script: str) -> str:
         ) from e
 
 
+def _inline_debconf(path: Path, data: dict[str, Any]) -> None:
+    """debconf-file's answers, checked, go first into 'debconf' (as postprocess-script)."""
+    if "debconf-file" not in data:
+        return
+    name = data.pop("debconf-file")
+    try:
+        lines = debconf.answers(Path(name).read_text())
+    except OSError as e:
+        raise TreefileError(f"{path}: key 'debconf-file': cannot read {name}: {e.strerror}") from e
+    except ValueError as e:
+        raise TreefileError(f"{path}: key 'debconf-file': {name} {e}") from e
+    data["debconf"] = lines + list(data.get("debconf", []))
+
+
+def _account_check(path: Path, key: str, value: Mapping[str, Any]) -> AccountCheck:
+    kind = CheckType(value["type"])
+    if kind is CheckType.FILE:
+        filename = Path(value["filename"])
+        if not filename.is_file():
+            raise TreefileError(f"{path}: key '{key}': {filename} is not a file")
+        return AccountCheck(kind, filename=filename)
+    if kind is CheckType.DATA:
+        entries = value["entries"].items()
+        return AccountCheck(
+            kind, entries={n: tuple(v if isinstance(v, list) else [v]) for n, v in entries}
+        )
+    return AccountCheck(kind)
+
+
+def _account_checks(
+    path: Path, data: Mapping[str, Any], flattened: dict[str, Any]
+) -> dict[str, AccountCheck]:
+    """check-passwd and check-groups; the flattened form carries a file's content digest."""
+    checks = {}
+    for key in _ACCOUNT_CHECKS:
+        checks[key] = check = _account_check(path, key, data.get(key, {"type": "previous"}))
+        if check.filename is not None:
+            flattened[key] = {"type": "file", "filename": _sha256_file(check.filename)}
+    return checks
+
+
 def _check_values(path: Path, data: Mapping[str, Any]) -> None:
     if "ref" not in data:
         raise TreefileError(f"{path}: missing required key 'ref'")
@@ -323,11 +451,14 @@ def load(path: Path | str) -> Treefile:
     if "postprocess-script" in data:
         scripts.insert(0, _read_script(path, data.pop("postprocess-script")))
         data["postprocess"] = scripts
+    _inline_debconf(path, data)
     add_files = tuple(AddFile(Path(s), d) for s, d in data.get("add-files", []))
     flattened = dict(data)
     if add_files:
         # Host paths vary between machines; the content is what matters (reproducibility).
         flattened["add-files"] = [[_sha256_file(a.source), a.dest] for a in add_files]
+    checks = _account_checks(path, data, flattened)
+    group_members = data.get("etc-group-members")
     repos = data.get("repos")
     return Treefile(
         path=path,
@@ -355,6 +486,11 @@ def load(path: Path | str) -> Treefile:
         mutate_os_release=_optional_str(data.get("mutate-os-release")),
         documentation=data.get("documentation", True),
         install_langs=_install_langs(path, data.get("install-langs")),
+        preserve_passwd=data.get("preserve-passwd", True),
+        check_passwd=checks["check-passwd"],
+        check_groups=checks["check-groups"],
+        etc_group_members=None if group_members is None else tuple(group_members),
+        debconf=tuple(data.get("debconf", [])),
         flattened=flattened,
     )
 

@@ -138,6 +138,21 @@ def test_deb_conffiles_scripts_and_triggers(tmp_path: Path) -> None:
     assert text["triggers"] == "interest-noawait /usr/share/demo\n"
 
 
+def test_deb_debconf_templates_and_config(tmp_path: Path) -> None:
+    spec = DebSpec(
+        name="asks",
+        templates="Template: asks/colour\nType: string\nDescription: Colour?",
+        config=". /usr/share/debconf/confmodule\ndb_input high asks/colour || true",
+    )
+    deb = build_deb(spec, tmp_path)
+    assert dpkg_deb("--info", deb, "templates").startswith("Template: asks/colour\nType: string\n")
+    assert dpkg_deb("--info", deb, "config").startswith("#!/bin/sh\nset -e\n. /usr/share/debconf")
+    ctrl = subprocess.run(["dpkg-deb", "--ctrl-tarfile", deb], check=True, capture_output=True)
+    with tarfile.open(fileobj=io.BytesIO(ctrl.stdout)) as tar:
+        modes = {m.name.removeprefix("./"): m.mode for m in tar.getmembers() if m.isfile()}
+    assert modes == {"config": 0o755, "control": 0o644, "templates": 0o644}
+
+
 def test_deb_explicit_conffiles(tmp_path: Path) -> None:
     spec = DebSpec(name="c", files={"/etc/a": "a", "/etc/b": "b"}, conffiles=("/etc/b",))
     assert dpkg_deb("--info", build_deb(spec, tmp_path), "conffiles") == "/etc/b\n"

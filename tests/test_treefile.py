@@ -560,3 +560,92 @@ def test_path_filters_reach_mmdebstrap() -> None:
     assert not [
         a for a in mmdebstrap_argv(Path("/t"), replace(inp, dpkg_options=())) if "dpkgopt" in a
     ]
+
+
+def test_etc_group_members(tmp_path: Path) -> None:
+    t = treefile.load(write(tmp_path / "t.yaml", "ref: os/x\netc-group-members: [sudo, adm]\n"))
+    assert t.etc_group_members == ("sudo", "adm")
+    assert treefile.load(write(tmp_path / "plain.yaml", "ref: os/x\n")).etc_group_members is None
+
+
+def test_preserve_and_check_passwd(tmp_path: Path) -> None:
+    d = tmp_path / "conf"
+    d.mkdir()
+    write(d / "passwd", "aot:x:990:990::/nonexistent:/usr/sbin/nologin\n")
+    t = treefile.load(
+        write(
+            d / "t.yaml",
+            "ref: os/x\npreserve-passwd: false\n"
+            "check-passwd: {type: file, filename: passwd}\n"
+            "check-groups: {type: data, entries: {aot: 990}}\n",
+        )
+    )
+    assert t.preserve_passwd is False
+    assert t.check_passwd == treefile.AccountCheck(treefile.CheckType.FILE, filename=d / "passwd")
+    assert t.check_groups.type is treefile.CheckType.DATA
+    assert t.check_groups.entries == {"aot": (990,)}
+    assert str(d) not in t.flattened_json()  # the file's content goes into the input hash
+    plain = treefile.load(write(tmp_path / "plain.yaml", "ref: os/x\n"))
+    assert plain.preserve_passwd is True
+    assert plain.check_passwd.type is plain.check_groups.type is treefile.CheckType.PREVIOUS
+    assert "check-passwd" not in plain.flattened
+
+
+def test_debconf_answers(tmp_path: Path) -> None:
+    d = tmp_path / "conf"
+    d.mkdir()
+    write(d / "answers", "# zones\ntzdata tzdata/Areas select Europe\n\n")
+    t = treefile.load(
+        write(
+            d / "t.yaml",
+            "ref: os/x\ndebconf-file: answers\n"
+            "debconf: ['tzdata tzdata/Zones/Europe select Berlin']\n",
+        )
+    )
+    # the file's answers first, comments and blank lines left out; inlined for the input hash
+    assert t.debconf == (
+        "tzdata tzdata/Areas select Europe",
+        "tzdata tzdata/Zones/Europe select Berlin",
+    )
+    assert "debconf-file" not in t.flattened and list(t.flattened["debconf"]) == list(t.debconf)
+    assert treefile.load(write(tmp_path / "plain.yaml", "ref: os/x\n")).debconf == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("preserve-passwd: 1\n", "key 'preserve-passwd': expected true or false"),
+        ("check-passwd: previous\n", "key 'check-passwd': expected a mapping with 'type': none,"),
+        ("check-groups: {type: prev}\n", "key 'check-groups': expected a mapping with 'type'"),
+        ("check-passwd: {type: file}\n", "key 'check-passwd': type file needs 'filename'"),
+        ("check-passwd: {type: file, filename: nope}\n", "nope is not a file"),
+        (
+            "check-passwd: {type: none, filename: x}\n",
+            "key 'check-passwd': unknown field 'filename'",
+        ),
+        ("check-passwd: {type: data, entries: {a: [1, 2, 3]}}\n", "a UID or [UID, GID]"),
+        ("check-groups: {type: data, entries: {a: [1, 2]}}\n", "names to a GID"),
+        ("etc-group-members: sudo\n", "key 'etc-group-members': expected a list of strings"),
+        ("etc-group-members: ['a b']\n", "key 'etc-group-members': 'a b' is not a group name"),
+        ("debconf: tzdata\n", "key 'debconf': expected a list of strings"),
+        (
+            "debconf: ['tzdata tzdata/Areas']\n",
+            "key 'debconf': 'tzdata tzdata/Areas' is not 'OWNER",
+        ),
+        ("debconf: ['t t/q selct x']\n", "key 'debconf': 't t/q selct x': type 'selct' is not"),
+        ("debconf: ['# a comment']\n", "key 'debconf': '# a comment' is not one"),
+        ("debconf-file: nope\n", "key 'debconf-file': cannot read"),
+        ("debconf-file: bad-answers\n", "key 'debconf-file': "),
+    ],
+)
+def test_bad_values_name_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    write(tmp_path / "bad-answers", "tzdata tzdata/Areas select Europe\nbroken\n")
+    path = write(tmp_path / "bad.yaml", "ref: os/x\n" + text)
+    with pytest.raises(TreefileError) as e:
+        treefile.load(path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+    assert "\n" not in str(e.value)
+    if "bad-answers" in text:
+        assert str(e.value).endswith(
+            "bad-answers line 2: 'broken' is not 'OWNER QUESTION TYPE VALUE'"
+        )

@@ -12,11 +12,18 @@ filters to the packages it extracts itself (through mmtarfilter) before dpkg run
 the file in the tree (mmdebstrap(1), --dpkgopt). So the image keeps it, and the packages a
 client layers later are filtered the same way. A file of our own in dpkg.cfg.d would reach
 dpkg only: mmdebstrap's extraction reads no other.
+
+With `--variant=custom` mmdebstrap installs every package in one `dpkg --install`, between
+its extract hooks and its essential hooks (mmdebstrap(1), "HOOKS"), so what must be there
+before any maintainer script goes in a setup hook (the previous commit's account databases,
+`compose/passwd.py`) and debconf's answers in an extract hook: every package is unpacked by
+then, debconf's and perl's files with them, and none is configured.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +44,8 @@ class BootstrapInput:
     debs: tuple[Path, ...]  # the downloaded .debs of `packages`
     source_date_epoch: int | None = None
     dpkg_options: tuple[str, ...] = ()  # lines of /etc/dpkg/dpkg.cfg.d/99mmdebstrap
+    etc_seed: Path | None = None  # a folder of files for /etc before any package is installed
+    debconf_answers: Path | None = None  # a debconf-set-selections file, before any is configured
 
 
 # Debian Policy 12.5: every package's copyright file stays, whatever else goes.
@@ -116,10 +125,22 @@ def mmdebstrap_argv(target: Path, inp: BootstrapInput) -> list[str]:
         "--verbose",
         f"--include={include}",
         *(f"--dpkgopt={line}" for line in inp.dpkg_options),
+        *hooks(inp),
         inp.suite,
         str(target),
         str(inp.sources_file),
     ]
+
+
+def hooks(inp: BootstrapInput) -> list[str]:
+    """mmdebstrap's hooks for the seed and the answers (sh -c, the tree as $1)."""
+    found = []
+    if inp.etc_seed is not None:
+        found.append(f'--setup-hook=cp -a -- {shlex.quote(str(inp.etc_seed))}/. "$1/etc/"')
+    if inp.debconf_answers is not None:
+        answers = shlex.quote(str(inp.debconf_answers))
+        found.append(f'--extract-hook=chroot "$1" debconf-set-selections < {answers}')
+    return found
 
 
 def bootstrap_env(inp: BootstrapInput) -> Mapping[str, str]:

@@ -53,7 +53,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from apt_ostree import accounts
+from apt_ostree import accounts, debconf
 from apt_ostree.accounts import install_unit as install_accounts_unit
 from apt_ostree.compose.automatic import guard_apt, mask_apt_updates, set_policy
 from apt_ostree.compose.initramfs import prepare_kernel
@@ -187,6 +187,8 @@ class PostprocessOptions:
     automatic_updates: str | None = None  # AutomaticUpdatePolicy of the image's apt-ostreed
     mutate_os_release: str | None = None  # the base version to replace in os-release
     version: str | None = None  # the version of the commit being made
+    etc_group_members: tuple[str, ...] | None = None  # kept for the accounts merge
+    debconf: tuple[str, ...] = ()  # the treefile's answers, kept for layering
 
 
 def postprocess(rootfs: Path, options: PostprocessOptions, progress: Progress) -> None:
@@ -232,6 +234,8 @@ def _convert(
     prepare_kernel(rootfs, options.initramfs_args, progress, keep_initramfs=foreign)
     if (rootfs / "usr/lib/systemd/system").is_dir():
         install_accounts_unit(rootfs)
+    accounts.install_group_members(rootfs, options.etc_group_members)
+    debconf.install(rootfs, options.debconf)
     progress.message("    converting to the OSTree layout")
     move_sysimage(rootfs)
     drop_machine_state(rootfs, machineid_compat=options.machineid_compat)

@@ -22,16 +22,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from apt_ostree import keys, ostree
+from apt_ostree import debconf, keys, ostree
 from apt_ostree.aptpkg.dpkg import installed_packages
 from apt_ostree.aptpkg.host import host_codename, native_architecture
 from apt_ostree.aptpkg.resolve import Request, resolve
 from apt_ostree.aptpkg.root import AptRoot, ResolvedPackage
 from apt_ostree.aptpkg.sources import RepoEntry, read_host_sources, sources_key
-from apt_ostree.compose import lockfile
+from apt_ostree.compose import lockfile, passwd
 from apt_ostree.compose.bootstrap import BootstrapInput, bootstrap, dpkg_path_filters
 from apt_ostree.compose.postprocess import PostprocessOptions, postprocess, shipped_digest
-from apt_ostree.errors import AptOstreeError, RepoError
+from apt_ostree.errors import AptOstreeError, RepoError, TreefileError
 from apt_ostree.progress import Progress
 from apt_ostree.run import unmount_under
 from apt_ostree.treefile import MetadataValue, Treefile
@@ -251,6 +251,7 @@ def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress
     previous = _previous_commit(options.repo, treefile.ref)
     apt = _apt_root(options.cachedir, suite, repos)
     packages = _resolve(treefile, options, apt, suite, progress)
+    _check_debconf(treefile, packages)
     if options.write_lockfile_to:
         lockfile.write(options.write_lockfile_to, packages)
     inputhash = input_hash(treefile, packages, options.metadata)
@@ -262,6 +263,7 @@ def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress
         return ComposeResult(
             treefile.ref, False, previous.checksum, previous.version, tuple(packages), inputhash
         )
+    accounts = passwd.previous_databases(options.repo, previous.checksum if previous else None)
     with progress.step("Downloading packages"):
         debs = apt.download(packages, progress)
     version = commit_version(treefile, options, previous)
@@ -278,14 +280,35 @@ def compose_tree(treefile: Treefile, options: ComposeOptions, progress: Progress
                     debs=tuple(debs),
                     source_date_epoch=options.source_date_epoch,
                     dpkg_options=dpkg_path_filters(treefile.documentation, treefile.install_langs),
+                    etc_seed=passwd.write_seed(
+                        work / "etc-seed", passwd.seed_files(treefile, accounts)
+                    ),
+                    debconf_answers=_answers_file(work, treefile),
                 ),
                 progress,
             )
         with progress.step("Postprocessing"):
             postprocess(rootfs, postprocess_options(treefile, version), progress)
+            passwd.check(treefile, rootfs / "usr/etc", accounts)
         with progress.step("Committing"):
             result = _commit(treefile, options, previous, rootfs, packages, inputhash, version)
     return publish(result, options, previous.checksum if previous else None, progress)
+
+
+def _check_debconf(treefile: Treefile, packages: Sequence[ResolvedPackage]) -> None:
+    if treefile.debconf and "debconf" not in {p.name for p in packages}:
+        raise TreefileError(
+            f"{treefile.path}: key 'debconf': the image has no debconf to take the answers "
+            "(add it to 'packages')"
+        )
+
+
+def _answers_file(work: Path, treefile: Treefile) -> Path | None:
+    if not treefile.debconf:
+        return None
+    path = work / "debconf-selections"
+    path.write_text(debconf.render(treefile.debconf))
+    return path
 
 
 def postprocess_options(treefile: Treefile, version: str | None = None) -> PostprocessOptions:
@@ -300,6 +323,8 @@ def postprocess_options(treefile: Treefile, version: str | None = None) -> Postp
         automatic_updates=treefile.automatic_updates,
         mutate_os_release=treefile.mutate_os_release,
         version=version,
+        etc_group_members=treefile.etc_group_members,
+        debconf=treefile.debconf,
     )
 
 

@@ -20,7 +20,10 @@ How, and why:
    maintainer script it forks, so a failure, a timeout or damage names the package and the
    script. `--force-confdef --force-confold`: no one can answer a conffile prompt, and the
    image's own configuration is kept as unattended upgrades keep it. `--force-unsafe-io`:
-   the tree is scratch until libostree commits it (and makes that durable).
+   the tree is scratch until libostree commits it (and makes that durable). Before the
+   first phase that installs (unpack, else configure when debconf itself comes with the
+   layer), debconf-set-selections gives the sandbox's debconf the image's answers and then
+   the machine's (`apt_ostree/debconf.py`), so that no question is asked and none defaults.
 4. After each phase the upper is checked for damage: its deletions (overlayfs whiteouts and
    opaque directories) may only hit files of packages being removed or replaced, dpkg's own
    database, alternatives, and unowned files under /etc or in a leaving package's folders.
@@ -51,6 +54,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -58,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apt_ostree import keys, ostree
+from apt_ostree import debconf, keys, ostree
 from apt_ostree.aptpkg.dpkg import auto_installed_entry, installed_packages
 from apt_ostree.compose import postprocess
 from apt_ostree.errors import AptOstreeError, CommandError, LayeringError
@@ -71,6 +75,7 @@ log = logging.getLogger(__name__)
 
 ADMINDIR = "/usr/lib/sysimage/dpkg"
 DEBS_INSIDE = "/run/apt-ostree/debs"
+ANSWERS_INSIDE = "/run/apt-ostree/debconf-selections"
 POLICY_RC_D = "usr/sbin/policy-rc.d"
 POLICY_RC_D_TEXT = "#!/bin/sh\n# apt-ostree: no service starts while layering\nexit 101\n"
 LAYER_VAR_CONF = f"{postprocess.TMPFILES_DIR}/apt-ostree-layer-var.conf"
@@ -109,6 +114,7 @@ PHASE_SCRIPT = {"purge": "prerm", "unpack": "preinst", "configure": "postinst"}
 @dataclass(frozen=True)
 class AssembleOptions:
     script_timeout: float = 600.0  # seconds for the whole dpkg run; past it, fail
+    debconf_answers: str = ""  # the machine's own, given after the image's
 
 
 DEFAULT_OPTIONS = AssembleOptions()
@@ -362,12 +368,49 @@ def _run_dpkg(layer: _Layer, plan: LayerPlan, progress: Progress, options: Assem
         title = f"Unpacking {len(plan.install)} packages"
         phases.append((title, "unpack", ["--unpack", *map(_deb_inside, plan.install)]))
     phases.append(("Running maintainer scripts", "configure", ["--configure", "--pending"]))
+    answered = False
     for title, phase, args in phases:
+        if phase != "purge" and not answered:
+            answered = _give_answers(layer, options.debconf_answers)
         with progress.step(title):
             status, output = _dpkg(layer, plan, args, deadline, options.script_timeout)
             checker.check(phase, output)  # damage first: a script may fail after doing it
             if status != 0:
                 raise LayeringError(failure_message(output, status))
+
+
+def _give_answers(layer: _Layer, machine: str) -> bool:
+    """debconf-set-selections of the image's answers, then the machine's; False when the
+    tree has no debconf yet (nothing there could ask)."""
+    if not (layer.merged / "usr/bin/debconf-set-selections").exists():
+        return False
+    text = debconf.image_answers(layer.merged) + machine
+    if not text:
+        return True
+    with tempfile.NamedTemporaryFile("w", prefix="apt-ostree-answers-") as answers:
+        answers.write(text)
+        answers.flush()
+        argv = _sandbox_argv(
+            layer,
+            ["debconf-set-selections", ANSWERS_INSIDE],
+            (Bind(Path(answers.name), ANSWERS_INSIDE, readonly=True),),
+        )
+        try:
+            run(argv, what="debconf-set-selections")
+        except CommandError as e:
+            raise LayeringError(f"debconf's answers were refused: {e}") from e
+    return True
+
+
+def _sandbox_argv(layer: _Layer, command: Sequence[str], binds: Sequence[Bind]) -> list[str]:
+    """bwrap for `command` on the overlay, with the tree's /usr/etc as /etc, /var, `binds`."""
+    return bwrap_argv(
+        layer.merged,
+        command,
+        binds=[Bind(layer.merged / "usr/etc", "/etc"), Bind(layer.var_merged, "/var"), *binds],
+        env={**DPKG_ENV, **passthrough_env()},
+        capabilities=CAPABILITIES,
+    )
 
 
 def _dpkg_argv(layer: _Layer, plan: LayerPlan, args: Sequence[str]) -> list[str]:
@@ -384,18 +427,8 @@ def _dpkg_argv(layer: _Layer, plan: LayerPlan, args: Sequence[str]) -> list[str]
     # exit status as the last line, so a failure keeps all of the output
     script = '"$@" </dev/null 2>&1; echo "$1-exit-status=$?"'
     command = ["/bin/sh", "-c", script, "sh", *dpkg]
-    binds = [
-        Bind(layer.merged / "usr/etc", "/etc"),
-        Bind(layer.var_merged, "/var"),
-        *(Bind(deb.path, _deb_inside(deb), readonly=True) for deb in plan.install),
-    ]
-    return bwrap_argv(
-        layer.merged,
-        command,
-        binds=binds,
-        env={**DPKG_ENV, **passthrough_env()},
-        capabilities=CAPABILITIES,
-    )
+    debs = [Bind(deb.path, _deb_inside(deb), readonly=True) for deb in plan.install]
+    return _sandbox_argv(layer, command, debs)
 
 
 def _dpkg(

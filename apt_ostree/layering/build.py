@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apt_ostree import keys, ostree
+from apt_ostree import debconf, keys, ostree
 from apt_ostree.compose.initramfs import MODULES, dracut_argv, find_kernel
 from apt_ostree.errors import CommandError, LayeringError
 from apt_ostree.layering import LayerPlan, LayerRequest
@@ -150,8 +150,9 @@ def _layer(target: LayerTarget, progress: Progress) -> tuple[str, LayerPlan]:
     if plan.is_empty():
         return target.base, plan
     # imported here: a machine with nothing layered never loads apt or the assembler
-    from apt_ostree.layering.assemble import assemble
+    from apt_ostree.layering.assemble import AssembleOptions, assemble
 
+    options = AssembleOptions(debconf_answers=machine_answers(target.deployment))
     sysroot, base = target.sysroot, target.base
     repo = sysroot.repo
     workdir = Path(
@@ -166,10 +167,19 @@ def _layer(target: LayerTarget, progress: Progress) -> tuple[str, LayerPlan]:
             workdir=workdir,
             metadata=layer_metadata(base, repo.read_commit(base).version, target.origin),
             progress=progress,
+            options=options,
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return checksum, plan
+
+
+def machine_answers(deployment: Path | None) -> str:
+    """The machine's own debconf answers, from the /etc of the deployment it starts from."""
+    try:
+        return debconf.machine_answers(deployment / "etc") if deployment is not None else ""
+    except ValueError as e:
+        raise LayeringError(f"debconf answers: {e}") from e
 
 
 def layer_plan(target: LayerTarget, progress: Progress, *, fetch: bool = True) -> LayerPlan:

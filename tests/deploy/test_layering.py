@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from apt_ostree import debconf
 from apt_ostree.cli.render import render_status
 from apt_ostree.errors import AptOstreeError, LayeringError, PackageError
 from apt_ostree.progress import Progress
@@ -36,12 +37,14 @@ from apt_ostree.system.requests import (
 from apt_ostree.system.results import CommitDiff, Outcome
 from tests.support.aptrepo import AptRepo
 from tests.support.debian import SUITE
-from tests.support.debs import DebSpec, build_deb
+from tests.support.debs import DebSpec, build_deb, debconf_deb
 from tests.support.httpd import Server
 from tests.support.images import hello_deb
 from tests.support.sysroots import Machine, Recorder, cli, ok, ostree
 
 pytestmark = [pytest.mark.slow]
+
+TYPES = ", ".join(sorted(debconf.TYPES))
 
 LAYER_DEBS = [
     DebSpec(
@@ -63,6 +66,7 @@ LAYER_DEBS = [
     DebSpec(name="newer-base-aot", depends="hello-aot (>= 9.0)"),
     DebSpec(name="failing-aot", postinst="#!/bin/sh\necho configuring >&2\nexit 3\n"),
     hello_deb("1.1"),
+    debconf_deb("asks-aot", {"pet": "none", "food": "none"}),
 ]
 
 
@@ -310,6 +314,9 @@ def test_users_from_scripts_reach_an_edited_etc_passwd(layered: Layered, tmp_pat
                      ("group", "localadmin:x:1500:")):  # fmt: skip
         with (root / "etc" / db).open("a") as f:
             f.write(line + "\n")
+    group = root / "etc/group"  # and made localadmin a member of users
+    group.write_text(group.read_text().replace("\nusers:*:100:\n", "\nusers:*:100:localadmin\n"))
+    assert "\nusers:*:100:localadmin\n" in group.read_text()
     deb = build_deb(
         DebSpec(
             name="svc-aot",
@@ -319,6 +326,7 @@ def test_users_from_scripts_reach_an_edited_etc_passwd(layered: Layered, tmp_pat
                 "grep -q '^svcaot:' /etc/passwd || "
                 "echo 'svcaot:x:990:990::/nonexistent:/usr/sbin/nologin' >> /etc/passwd\n"
                 "grep -q '^svcaot:' /etc/group || echo 'svcaot:x:990:' >> /etc/group\n"
+                "sed -i '/^users:/ s/$/svcaot/' /etc/group\n"  # adduser svcaot users
             ),
         ),
         tmp_path,
@@ -330,10 +338,33 @@ def test_users_from_scripts_reach_an_edited_etc_passwd(layered: Layered, tmp_pat
     passwd = (new / "etc/passwd").read_text()
     assert "localadmin:x:1500" in passwd and "svcaot:x:990" in passwd
     assert "svcaot:x:990:" in (new / "etc/group").read_text()
+    # the image has no etc-group-members: a group keeps its local members, gets the image's
+    assert "\nusers:*:100:localadmin,svcaot\n" in (new / "etc/group").read_text()
     # and the boot-time merge is in the image for staged deployments
     assert (
         new / "usr/lib/systemd/system/sysinit.target.wants/apt-ostree-accounts.service"
     ).exists()
+
+
+def test_layered_packages_take_the_machines_debconf_answers(layered: Layered) -> None:
+    m = layered.machine
+    answers = layered.deployment() / "etc/apt-ostree/debconf.d"
+    answers.mkdir(parents=True)
+    (answers / "bad.conf").write_text("# the pet\nasks-aot asks-aot/pet strnig dog\n")
+    before = m.snapshot()
+    with pytest.raises(LayeringError) as error:
+        m.run(Install(packages=("asks-aot",)))
+    assert str(error.value) == (
+        "debconf answers: /etc/apt-ostree/debconf.d/bad.conf: line 2: "
+        f"'asks-aot asks-aot/pet strnig dog': type 'strnig' is not one of {TYPES}"
+    )
+    assert m.snapshot() == before
+    (answers / "bad.conf").unlink()
+    (answers / "pets.conf").write_text("# the pet\nasks-aot asks-aot/pet string dog\n")
+    layered.change(Install(packages=("asks-aot",)))
+    # the package wrote its configuration from the answer (and the default for the other)
+    assert (layered.deployment() / "etc/asks-aot.conf").read_text() == "pet=dog\nfood=none\n"
+    m.fsck()
 
 
 def test_initramfs_regenerated_on_the_client_and_kept_across_upgrades(layered: Layered) -> None:

@@ -17,7 +17,7 @@ from apt_ostree.run import run
 
 EPOCH = 1700000000
 MAINTAINER = "apt-ostree tests <tests@localhost>"
-SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
+SCRIPTS = ("preinst", "postinst", "prerm", "postrm", "config")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,8 @@ class DebSpec:
     postinst: str = ""
     prerm: str = ""
     postrm: str = ""
+    config: str = ""  # debconf's config script (debconf-devel(7))
+    templates: str = ""  # debconf's templates file
     triggers: str = ""
     extra_control: Mapping[str, str] = field(default_factory=dict, hash=False)
 
@@ -77,6 +79,26 @@ class DebSpec:
         return (
             f"{self.name}_{self.version.partition(':')[2] or self.version}_{self.architecture}.deb"
         )
+
+
+def debconf_deb(name: str, questions: Mapping[str, str]) -> DebSpec:
+    """A package with debconf string questions (QUESTION -> default), asked by its config
+    script; its postinst writes the answers to /etc/NAME.conf, as packages write their
+    configuration from debconf (debconf-devel(7))."""
+    templates = "\n".join(
+        f"Template: {name}/{q}\nType: string\nDefault: {default}\nDescription: {q}?\n"
+        for q, default in questions.items()
+    )
+    ask = "".join(f"db_input high {name}/{q} || true\n" for q in questions)
+    write = "".join(f'db_get {name}/{q}\necho "{q}=$RET" >> /etc/{name}.conf\n' for q in questions)
+    confmodule = ". /usr/share/debconf/confmodule\n"
+    return DebSpec(
+        name=name,
+        depends="debconf",
+        templates=templates,
+        config=f"{confmodule}{ask}db_go || true\n",
+        postinst=f"{confmodule}rm -f /etc/{name}.conf\n{write}",
+    )
 
 
 def _relation(value: Relation) -> str:
@@ -179,10 +201,9 @@ def _write_control(debian: Path, spec: DebSpec) -> None:
     conffiles = default_conffiles(spec) if spec.conffiles is None else spec.conffiles
     if conffiles:
         members["conffiles"] = "".join(f"{c}\n" for c in conffiles)
-    if spec.triggers:
-        members["triggers"] = (
-            spec.triggers if spec.triggers.endswith("\n") else spec.triggers + "\n"
-        )
+    for name in ("triggers", "templates"):
+        if text := getattr(spec, name):
+            members[name] = text if text.endswith("\n") else text + "\n"
     for name, text in members.items():
         (debian / name).write_text(text)
         (debian / name).chmod(0o644)

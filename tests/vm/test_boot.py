@@ -98,7 +98,8 @@ def _check_apt_guard(guest: vm.VM) -> None:
     instead; what only reads (apt-get download too) works as ever."""
     refused = guest.run(f"apt-get install -y {HELLO.name}", timeout=300)
     assert refused.returncode != 0 and "apt-ostree install PKG" in refused.output, refused
-    guest.check(f"cd /tmp && apt-get download {HELLO.name}", timeout=300)
+    # apt-ostree resolves with lists of its own: apt's are fetched here (into /var)
+    guest.check(f"apt-get update -q && cd /tmp && apt-get download {HELLO.name}", timeout=300)
     refused = guest.run(f"dpkg -i /tmp/{HELLO.name}_*.deb")
     assert refused.returncode != 0 and "apt-ostree install PKG" in refused.output, refused
     assert "Read-only file system" not in refused.output  # stopped before dpkg wrote anything

@@ -1,11 +1,14 @@
-"""Compose benchmark (issue 2): `compose tree` of examples/minimal.yaml vs doing it by hand.
+"""Compose benchmark (issue 2): `compose tree` of each release's example vs doing it by hand.
 
-Baseline, measured in the same run: the same package set bootstrapped by plain mmdebstrap
-(its own index update and downloads, like a cold compose), the same initramfs built with
-dracut inside the tree, then `ostree commit` into an archive repository.
-Goals: cold compose <= 1.15x the baseline; recompose with no change <= 5% of the cold compose.
+For each release (bench.common.EXAMPLES: trixie's examples/minimal.yaml, bookworm's
+examples/minimal-bookworm.yaml), in the same round: the baseline, the same package set
+bootstrapped by plain mmdebstrap for the treefile's suite (its own index update and downloads,
+like a cold compose), the same initramfs built with dracut inside the tree, then `ostree commit`
+into an archive repository; then the cold compose and a recompose with no change.
+Goals, per release: cold compose <= 1.15x the baseline; recompose with no change <= 5% of the
+cold compose.
 
-Run as root: .venv/bin/python -m bench.compose [--rounds N] [--treefile F]
+Run as root: .venv/bin/python -m bench.compose [--rounds N] [--release R ...]
 """
 
 from __future__ import annotations
@@ -15,10 +18,20 @@ import shutil
 import statistics
 import subprocess
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from apt_ostree.aptpkg.sources import read_host_sources, render_sources
-from bench.common import APT_OSTREE, ROOT, Timing, machine_line, timed, write_section
+from bench.common import (
+    APT_OSTREE,
+    Release,
+    Timing,
+    add_release_option,
+    chosen_releases,
+    machine_line,
+    timed,
+    write_section,
+)
 
 EPOCH = {"SOURCE_DATE_EPOCH": "1700000000"}
 
@@ -47,6 +60,17 @@ def resolved_set(treefile: Path, cache: Path) -> list[str]:
             name, version, arch = parts
             items.append(f"{name}:{arch}={version}" if arch != "all" else f"{name}={version}")
     return items
+
+
+@dataclass
+class Measured:
+    """One release's package set and its times, a value per round."""
+
+    release: Release
+    packages: list[str]
+    base: list[float] = field(default_factory=list)
+    cold: list[float] = field(default_factory=list)
+    warm: list[float] = field(default_factory=list)
 
 
 def baseline(work: Path, packages: list[str], suite: str) -> float:
@@ -124,44 +148,60 @@ def ours(work: Path, treefile: Path, label: str) -> Timing:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--treefile", type=Path, default=ROOT / "examples/minimal.yaml")
+    add_release_option(parser)
     args = parser.parse_args()
-    base_t, cold_t, warm_t = [], [], []
     scratch = Path(tempfile.mkdtemp(prefix="apt-ostree-bench-", dir="/var/tmp"))
     try:
-        packages = resolved_set(args.treefile, scratch / "resolve-cache")
-        print(f"{len(packages)} packages in {args.treefile.name}")
+        measured = []
+        for rel in chosen_releases(args):
+            packages = resolved_set(rel.treefile, scratch / f"resolve-cache-{rel.name}")
+            print(f"{rel.name}: {len(packages)} packages in {rel.treefile.name}")
+            measured.append(Measured(rel, packages))
         for n in range(args.rounds):
-            work = scratch / f"round{n}"
-            work.mkdir()
-            base_t.append(baseline(work, packages, "bookworm"))
-            cold_t.append(ours(work, args.treefile, "compose tree (cold)").seconds)
-            warm_t.append(ours(work, args.treefile, "compose tree (no change)").seconds)
-            shutil.rmtree(work)
+            for m in measured:
+                round_of(scratch / f"round{n}-{m.release.name}", m)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    report(
-        len(packages),
-        statistics.median(base_t),
-        statistics.median(cold_t),
-        statistics.median(warm_t),
-        args.rounds,
-    )
+    report(measured, args.rounds)
 
 
-def report(count: int, base: float, cold: float, warm: float, rounds: int) -> None:
-    cold_ratio, warm_ratio = cold / base, warm / cold
+def round_of(work: Path, m: Measured) -> None:
+    """The baseline, then the cold compose and the recompose, of one release."""
+    print(f"{m.release.name} ({m.release.suite}):", flush=True)
+    work.mkdir()
+    m.base.append(baseline(work, m.packages, m.release.suite))
+    m.cold.append(ours(work, m.release.treefile, "compose tree (cold)").seconds)
+    m.warm.append(ours(work, m.release.treefile, "compose tree (no change)").seconds)
+    shutil.rmtree(work)
+
+
+def report(measured: list[Measured], rounds: int) -> None:
+    """One table, the releases side by side: a seconds and a ratio column each."""
+    med = [
+        (statistics.median(m.base), statistics.median(m.cold), statistics.median(m.warm))
+        for m in measured
+    ]
+    names = [m.release.name for m in measured]
     lines = [
         "## Compose (issue 2)",
         "",
-        f"`examples/minimal.yaml`, {count} packages; {machine_line()};"
-        f" median of {rounds} round(s).",
+        "; ".join(
+            f"{m.release.name}: {m.release.example}, {len(m.packages)} packages" for m in measured
+        )
+        + f"; {machine_line()}; median of {rounds} round(s), each measuring every release"
+        " (its baseline, then its composes).",
         "",
-        "| measure | seconds | ratio | goal |",
-        "| --- | --- | --- | --- |",
-        f"| baseline: mmdebstrap + dracut + ostree commit | {base:.1f} | 1.00 | |",
-        f"| `compose tree`, cold | {cold:.1f} | {cold_ratio:.2f} of baseline | <= 1.15 |",
-        f"| `compose tree`, no change | {warm:.1f} | {warm_ratio:.3f} of cold | <= 0.05 |",
+        "| measure | " + " | ".join(f"{n}: seconds | {n}: ratio" for n in names) + " | goal |",
+        "| --- | " + " | ".join("--- | ---" for _ in names) + " | --- |",
+        "| baseline: mmdebstrap + dracut + ostree commit | "
+        + " | ".join(f"{base:.1f} | 1.00" for base, _, _ in med)
+        + " | |",
+        "| `compose tree`, cold | "
+        + " | ".join(f"{cold:.1f} | {cold / base:.2f} of baseline" for base, cold, _ in med)
+        + " | <= 1.15 |",
+        "| `compose tree`, no change | "
+        + " | ".join(f"{warm:.1f} | {warm / cold:.3f} of cold" for _, cold, warm in med)
+        + " | <= 0.05 |",
     ]
     text = "\n".join(lines)
     print(text)

@@ -1,11 +1,15 @@
 """Layering benchmark (issue 4): `install` against apt-get, image size, re-apply on upgrade.
 
-Images: examples/minimal.yaml plus a one-line stamp file (`add-files`, so a second version
-differs by one small file), and a large image: the same plus big documentation packages
-(LARGE_PACKAGES, many small files), about 3x the minimal tree in bytes and files. Both are
+Each release (bench.common.EXAMPLES: trixie's examples/minimal.yaml, bookworm's
+examples/minimal-bookworm.yaml) is measured on its own, one after the other, its baseline in
+its own run. Images: the release's example plus a one-line stamp file (`add-files`, so a
+second version differs by one small file), and a large image: the same plus big documentation
+packages (LARGE_PACKAGES, many small files; metapackages, so that each release gets its own
+openjdk and python3 documentation), about 3x the minimal tree in bytes and files. Both are
 composed into one archive repository, served on loopback HTTP, and deployed by `init` into
-folder sysroots. Neither treefile has `repos`: the images carry the host's Debian sources
-(mmdebstrap writes them), and the client resolves against the deployment's /etc/apt.
+folder sysroots. Neither treefile has `repos`: the images carry the host's Debian sources for
+the example's suite (mmdebstrap writes them), and the client resolves against the
+deployment's /etc/apt.
 
 1. `install htop` on the minimal image with its .debs already in the machine's cache
    (a first install fills it; each round is `uninstall`, then the timed `install`), against
@@ -19,13 +23,18 @@ folder sysroots. Neither treefile has `repos`: the images carry the host's Debia
    unchanged: names, sizes, mtimes, inodes).
 
 Where: the sysroots and the baseline's root are on a file system of their own, a freshly made
-ext4 on a loop device (DISK_SIZE, sparse), as a machine's root partition made from `compose
-image` is; deploying is a hardlink farm of every file and directory of the tree, and on a large,
-long-used shared file system a directory can cost ten times more to make (measured here: 2400
-mkdirs 0.09-1.25 s on the host's ext4, 0.06 s on a fresh one; each run prints its own probe).
-The daemon rounds and the baseline are repeated on the host's own file system for comparison.
+ext4 on a loop device (DISK_SIZE, sparse; one per release), as a machine's root partition
+made from `compose image` is; deploying is a hardlink farm of every file and directory of the
+tree, and on a large, long-used shared file system a directory can cost ten times more to
+make (measured here: 2400 mkdirs 0.09-1.25 s on the host's ext4, 0.06 s on a fresh one; each
+run prints its own probe). The daemon rounds and the baseline are repeated on the host's own
+file system for comparison.
 
-Run as root: .venv/bin/python -m bench.layering [--rounds N] [--cachedir DIR] [--keep]
+Rounds: 3 per release by default (5 when one release was measured: two releases take about
+twice as long, the composes and the first pulls included).
+
+Run as root:
+.venv/bin/python -m bench.layering [--rounds N] [--release R ...] [--cachedir DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -39,13 +48,22 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from apt_ostree.ostree import remove_sysroot as remove_tree
-from bench.common import APT_OSTREE, ROOT, machine_line, write_section
+from bench.common import (
+    APT_OSTREE,
+    ROOT,
+    Release,
+    add_release_option,
+    chosen_releases,
+    commit_packages,
+    machine_line,
+    write_section,
+)
 from bench.deploy import compose, deployments, init, mib, ostree
 from tests.daemon.bus import PrivateBus, start_bus, start_daemon, stop, wait_idle
 from tests.support.httpd import serve_directory
@@ -53,9 +71,9 @@ from tests.support.httpd import serve_directory
 EPOCH = 1700000000
 PACKAGE = "htop"
 BINARY = "/usr/bin/htop"
-LARGE_PACKAGES = (
-    "openjdk-17-doc",
-    "python3.11-doc",
+LARGE_PACKAGES = (  # default-jdk-doc: openjdk-17-doc in bookworm, openjdk-21-doc in trixie
+    "default-jdk-doc",
+    "python3-doc",
     "fonts-noto-extra",
     "fonts-noto-ui-extra",
     "fonts-noto-cjk",
@@ -165,12 +183,12 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
 # ---- images ----
 
 
-def write_treefiles(work: Path, stamp: str) -> dict[str, Path]:
-    """minimal.yaml plus a stamp file, and the same plus LARGE_PACKAGES (no `repos`: the
-    host's sources are used and written into the images, no mirror named here)."""
-    shutil.copy(ROOT / "examples/minimal.yaml", work / "minimal.yaml")
+def write_treefiles(work: Path, stamp: str, rel: Release) -> dict[str, Path]:
+    """The release's example plus a stamp file, and the same plus LARGE_PACKAGES (no `repos`:
+    the host's sources for its suite are used and written into the images, no mirror named
+    here)."""
     (work / "stamp").write_text(stamp + "\n")
-    common = {"include": "minimal.yaml", "add-files": [["stamp", STAMP]]}
+    common = {"include": str(rel.treefile), "add-files": [["stamp", STAMP]]}
     paths = {}
     for name, extra in (("minimal", []), ("large", list(LARGE_PACKAGES))):
         data = {**common, "ref": f"bench/{name}", "packages": extra}
@@ -188,8 +206,10 @@ def debian_root(sysroot: Path, commit: str, dest: Path) -> None:
     repo = sysroot / "ostree/repo"
     subprocess.run(["ostree", f"--repo={repo}", "checkout", "-C", commit, str(dest)], check=True)
     (dest / "usr/etc").rename(dest / "etc")
-    # the image's tmpfiles.d lines make /var as at boot (var/lib/dpkg -> the sysimage db)
-    subprocess.run(["systemd-tmpfiles", "--create", f"--root={dest}", "--prefix=/var"], check=True)
+    # the image's tmpfiles.d lines make /var as at boot (var/lib/dpkg -> the sysimage db), by
+    # the image's own systemd-tmpfiles: the host's may not know a newer release's line types
+    # (bookworm's 252 stops at trixie's `$` modifier, systemd 256)
+    subprocess.run(in_root(dest, "systemd-tmpfiles", "--create", "--prefix=/var"), check=True)
     cache = cache_dir(sysroot)
     lists = dest / "var/lib/apt/lists"
     for f in cache.glob("apt/*/var/lib/apt/lists/*"):
@@ -199,7 +219,8 @@ def debian_root(sysroot: Path, commit: str, dest: Path) -> None:
         shutil.copy2(deb, dest / "var/cache/apt/archives" / deb.name)
 
 
-def apt_get_argv(root: Path) -> list[str]:
+def in_root(root: Path, *argv: str) -> list[str]:
+    """argv run by the root's own tools, in bubblewrap with root as /, without network."""
     return [
         "bwrap",
         "--bind", str(root), "/",
@@ -212,8 +233,12 @@ def apt_get_argv(root: Path) -> list[str]:
         "--setenv", "DEBIAN_FRONTEND", "noninteractive",
         "--setenv", "LC_ALL", "C.UTF-8",
         "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin",
-        "apt-get", "install", "-y", PACKAGE,
+        *argv,
     ]  # fmt: skip
+
+
+def apt_get_argv(root: Path) -> list[str]:
+    return in_root(root, "apt-get", "install", "-y", PACKAGE)
 
 
 def new_packages(apt_output: str) -> set[str]:
@@ -248,6 +273,8 @@ def baseline_round(place: Path, sysroot: Path, commit: str, label: str) -> Run:
 
 @dataclass
 class Results:
+    release: Release
+    extra: list[str] = field(default_factory=list)  # packages of the large image only
     trees: dict[str, tuple[int, int]] = field(default_factory=dict)
     first: dict[str, Run] = field(default_factory=dict)
     installs: dict[str, list[Run]] = field(default_factory=dict)  # through apt-ostreed
@@ -405,14 +432,16 @@ def upgrade_round(work: Path, treefile: Path, res: Results) -> None:
         res.upgrade_checks.append(f"no {BINARY} in the deployed commit")
 
 
-def bench(work: Path, rounds: int) -> Results:
-    res = Results()
-    treefiles = write_treefiles(work, "1")
+def bench(work: Path, rounds: int, rel: Release) -> Results:
+    res = Results(rel)
+    treefiles = write_treefiles(work, "1", rel)
     for name in IMAGES:
         compose(work, treefiles[name], f"compose {name}", EPOCH)
     repo = work / "repo"
     commits = {name: ostree(repo, "rev-parse", f"bench/{name}").strip() for name in IMAGES}
     res.trees = {name: tree_size(repo, commits[name]) for name in IMAGES}
+    names = {name: {p[0] for p in commit_packages(repo, commits[name])} for name in IMAGES}
+    res.extra = sorted(names["large"] - names["minimal"])
     (work / "host").mkdir()
     with serve_directory(repo) as server, dedicated_fs(work / "disk"):
         try:
@@ -466,120 +495,252 @@ def breakdown_row(label: str, runs: Sequence[Run]) -> str:
     )
 
 
-def report(res: Results, rounds: int) -> str:
-    (m_files, m_bytes), (l_files, l_bytes) = res.trees["minimal"], res.trees["large"]
-    base, mini, large = (
-        med(res.baselines["minimal"]),
-        med(res.installs["minimal"]),
-        med(res.installs["large"]),
-    )
-    base_l = med(res.baselines["large"])
-    h_base, h_mini, h_large = (
-        med(res.host_baselines["minimal"]),
-        med(res.host_installs["minimal"]),
-        med(res.host_installs["large"]),
-    )
+@dataclass(frozen=True)
+class Summary:
+    """The medians of one release's rounds, in seconds."""
+
+    base: float  # apt-get, minimal
+    mini: float  # through apt-ostreed, to its result
+    idle_m: float  # through apt-ostreed, until it is idle
+    inproc_m: float  # --sysroot
+    large: float
+    idle_l: float
+    inproc_l: float
+    base_l: float
+    h_base: float  # the same on the host's file system
+    h_mini: float
+    h_large: float
+
+
+def summary(res: Results) -> Summary:
     idle_m, idle_l = (statistics.median(res.idle[n]) for n in IMAGES)
-    inproc_m, inproc_l = (med(res.inproc[n]) for n in IMAGES)
-    up = res.upgrade
-    assert up is not None
-    checks = "yes" if not res.upgrade_checks else "NO: " + "; ".join(res.upgrade_checks)
+    return Summary(
+        base=med(res.baselines["minimal"]),
+        mini=med(res.installs["minimal"]),
+        idle_m=idle_m,
+        inproc_m=med(res.inproc["minimal"]),
+        large=med(res.installs["large"]),
+        idle_l=idle_l,
+        inproc_l=med(res.inproc["large"]),
+        base_l=med(res.baselines["large"]),
+        h_base=med(res.host_baselines["minimal"]),
+        h_mini=med(res.host_installs["minimal"]),
+        h_large=med(res.host_installs["large"]),
+    )
+
+
+# a table row: its label, (seconds, ratio) from a release's medians, the goal
+Row = tuple[str, Callable[[Summary], tuple[float, str]], str]
+DISK_ROWS: tuple[Row, ...] = (
+    ("baseline: `apt-get install` (minimal)", lambda s: (s.base, "1.00"), ""),
+    (
+        "`apt-ostree install` through apt-ostreed (minimal), to its result",
+        lambda s: (s.mini, f"{s.mini / s.base:.2f}x apt-get"),
+        "<= 1.5x",
+    ),
+    (
+        "same, until the daemon is idle (its cleanup done)",
+        lambda s: (s.idle_m, f"{s.idle_m / s.base:.2f}x apt-get"),
+        "",
+    ),
+    (
+        "`apt-ostree install --sysroot` (in-process, cleanup inside)",
+        lambda s: (s.inproc_m, f"{s.inproc_m / s.base:.2f}x apt-get"),
+        "",
+    ),
+    (
+        "`apt-ostree install` through apt-ostreed (large), to its result",
+        lambda s: (s.large, f"{s.large / s.mini:.2f}x minimal"),
+        "<= 1.2x",
+    ),
+    (
+        "same, until the daemon is idle",
+        lambda s: (s.idle_l, f"{s.idle_l / s.idle_m:.2f}x minimal"),
+        "",
+    ),
+    (
+        "`apt-ostree install --sysroot` (large)",
+        lambda s: (s.inproc_l, f"{s.inproc_l / s.inproc_m:.2f}x minimal"),
+        "",
+    ),
+    (
+        "baseline: `apt-get install` (large)",
+        lambda s: (s.base_l, f"{s.base_l / s.base:.2f}x minimal"),
+        "",
+    ),
+)
+HOST_ROWS: tuple[Row, ...] = (
+    ("baseline: `apt-get install` (minimal)", lambda s: (s.h_base, "1.00"), ""),
+    (
+        "`apt-ostree install` through apt-ostreed (minimal)",
+        lambda s: (s.h_mini, f"{s.h_mini / s.h_base:.2f}x apt-get"),
+        "<= 1.5x",
+    ),
+    (
+        "`apt-ostree install` through apt-ostreed (large)",
+        lambda s: (s.h_large, f"{s.h_large / s.h_mini:.2f}x minimal"),
+        "<= 1.2x",
+    ),
+)
+
+
+def side_by_side(header: str, rows: Sequence[Row], results: Sequence[Results]) -> list[str]:
+    """A table with a seconds and a ratio column for each release, the goal last."""
+    sums = [summary(r) for r in results]
+    names = [r.release.name for r in results]
+    lines = [
+        f"| {header} | " + " | ".join(f"{n}: seconds | {n}: ratio" for n in names) + " | goal |",
+        "| --- | " + " | ".join("--- | ---" for _ in names) + " | --- |",
+    ]
+    for label, cell, goal in rows:
+        cells = " | ".join(f"{v:.2f} | {ratio}" for v, ratio in map(cell, sums))
+        lines.append(f"| {label} | {cells} | {goal} |")
+    return lines
+
+
+def images_line(res: Results) -> str:
+    (m_files, m_bytes), (l_files, l_bytes) = res.trees["minimal"], res.trees["large"]
+    return (
+        f"{res.release.name}: `minimal` ({res.release.example} and a stamp file) {m_files}"
+        f" files, {mib(m_bytes)}; `large` {l_files} files, {mib(l_bytes)}:"
+        f" {l_bytes / m_bytes:.2f}x the bytes, {l_files / m_files:.2f}x the files"
+        f" ({len(res.extra)} more packages: {', '.join(res.extra)})."
+    )
+
+
+def breakdown_rows(res: Results) -> list[str]:
+    name = res.release.name
+    return [
+        breakdown_row(f"{name}: minimal, apt-ostreed", res.installs["minimal"]),
+        breakdown_row(f"{name}: large, apt-ostreed", res.installs["large"]),
+        breakdown_row(f"{name}: minimal, --sysroot", res.inproc["minimal"]),
+        breakdown_row(f"{name}: large, --sysroot", res.inproc["large"]),
+        breakdown_row(
+            f"{name}: minimal, apt-ostreed, host file system", res.host_installs["minimal"]
+        ),
+        breakdown_row(f"{name}: large, apt-ostreed, host file system", res.host_installs["large"]),
+        breakdown_row(f"{name}: upgrade (minimal, re-apply, --sysroot)", [upgrade_of(res)]),
+    ]
+
+
+def upgrade_of(res: Results) -> Run:
+    assert res.upgrade is not None
+    return res.upgrade
+
+
+def upgrade_table(results: Sequence[Results]) -> list[str]:
+    """The upgrade checks, a column for each release."""
+    rows: list[tuple[str, Callable[[Results], str], str]] = [
+        (".debs downloaded (apt-ostree's output)", lambda r: mib(upgrade_of(r).deb_bytes()), "0"),
+        (
+            "the cache's .debs unchanged (names, sizes, mtimes, inodes)",
+            lambda r: "yes" if r.cache_unchanged else "NO",
+            "yes",
+        ),
+        (
+            "index refresh fetched (apt's counter, not .debs)",
+            lambda r: mib(upgrade_of(r).index_bytes()),
+            "",
+        ),
+        (
+            f"{PACKAGE} still layered on the new base",
+            lambda r: "yes" if not r.upgrade_checks else "NO: " + "; ".join(r.upgrade_checks),
+            "yes",
+        ),
+    ]
+    return [
+        "| measure | " + " | ".join(r.release.name for r in results) + " | goal |",
+        "| --- | " + " | ".join("---" for _ in results) + " | --- |",
+        *(f"| {label} | {' | '.join(map(cell, results))} | {goal} |" for label, cell, goal in rows),
+    ]
+
+
+def report(results: Sequence[Results], rounds: int) -> str:
+    def each(fmt: Callable[[Results], str]) -> str:
+        return "; ".join(f"{r.release.name} {fmt(r)}" for r in results)
+
+    def upgrade_time(r: Results) -> str:
+        up = upgrade_of(r)
+        return f"{up.seconds:.2f} s (pull {up.step(*PULL):.2f} s)"
+
     lines = [
         "## Layering (issue 4)",
         "",
-        f"{machine_line()}; medians of {rounds} round(s); 1-minute load average"
-        f" {min(res.loads):.1f}-{max(res.loads):.1f} during the rounds (a shared machine).",
+        f"{machine_line()}; medians of {rounds} round(s) per release (3 by default since two"
+        " releases are measured, 5 before), each release measured in turn, its baseline in its"
+        " own run; 1-minute load average during the rounds (a shared machine): "
+        + each(lambda r: f"{min(r.loads):.1f}-{max(r.loads):.1f}")
+        + ".",
         "",
-        f"Images: `minimal` (examples/minimal.yaml and a stamp file) {m_files} files,"
-        f" {mib(m_bytes)}; `large` (the same plus {', '.join(LARGE_PACKAGES)}) {l_files} files,"
-        f" {mib(l_bytes)}: {l_bytes / m_bytes:.2f}x the bytes, {l_files / m_files:.2f}x the files.",
-        f"Layered: `{PACKAGE}` and its dependencies"
-        f" ({', '.join(sorted(new_packages(res.baselines['minimal'][0].output)))}),"
-        " .debs already in the machine's cache (each round: `uninstall`, `sync`, timed `install`).",
-        "Baseline: `apt-get install -y htop` in a plain Debian root copied from the same commit"
-        " (`ostree checkout -C`, /usr/etc as /etc, /var from the image's tmpfiles.d, apt lists"
-        " and .debs copied in; bubblewrap, no network), a fresh copy each round.",
+        f"Images (`large`: `minimal` plus {', '.join(LARGE_PACKAGES)}):",
+        "",
+        *(f"- {images_line(r)}" for r in results),
+        "",
+        f"Layered: `{PACKAGE}` and its dependencies ("
+        + each(lambda r: ", ".join(sorted(new_packages(r.baselines["minimal"][0].output))))
+        + "), .debs already in the machine's cache (each round: `uninstall`, `sync`, timed"
+        " `install`).",
+        "Baseline: `apt-get install -y htop` in a plain Debian root of the same release copied"
+        " from the same commit (`ostree checkout -C`, /usr/etc as /etc, /var from the image's"
+        " tmpfiles.d, apt lists and .debs copied in; bubblewrap, no network), a fresh copy each"
+        " round.",
         "apt-ostreed answers when the new deployment is written; its worker then removes the"
         " deployments the change dropped and prunes the repository (what the image weighs, not"
         " what changed) before the daemon takes another transaction (a booted machine stages"
         " the deployment and cleans up at shutdown). `--sysroot` does that cleanup inline."
         " Each daemon round starts with the daemon idle.",
         f"Where: the sysroots and the baseline's root are on an ext4 file system of their own,"
-        f" made fresh for the run ({DISK_SIZE}, a loop device), as a machine's root partition"
-        " made by `compose image` is.",
+        f" made fresh for each release's run ({DISK_SIZE}, a loop device), as a machine's root"
+        " partition made by `compose image` is.",
         "",
-        "| measure | seconds | ratio | goal |",
-        "| --- | --- | --- | --- |",
-        f"| baseline: `apt-get install` (minimal) | {base:.2f} | 1.00 | |",
-        f"| `apt-ostree install` through apt-ostreed (minimal), to its result | {mini:.2f} |"
-        f" {mini / base:.2f}x apt-get | <= 1.5x |",
-        f"| same, until the daemon is idle (its cleanup done) | {idle_m:.2f} |"
-        f" {idle_m / base:.2f}x apt-get | |",
-        f"| `apt-ostree install --sysroot` (in-process, cleanup inside) | {inproc_m:.2f} |"
-        f" {inproc_m / base:.2f}x apt-get | |",
-        f"| `apt-ostree install` through apt-ostreed (large), to its result | {large:.2f} |"
-        f" {large / mini:.2f}x minimal | <= 1.2x |",
-        f"| same, until the daemon is idle | {idle_l:.2f} | {idle_l / idle_m:.2f}x minimal | |",
-        f"| `apt-ostree install --sysroot` (large) | {inproc_l:.2f} |"
-        f" {inproc_l / inproc_m:.2f}x minimal | |",
-        f"| baseline: `apt-get install` (large) | {base_l:.2f} | {base_l / base:.2f}x minimal | |",
+        *side_by_side("measure", DISK_ROWS, results),
         "",
         "The same on the host's own file system (the benchmark's folder on a shared ext4 of"
         f" {host_fs_size()}, long in use; libostree deploys a hardlink farm, every directory of"
         " the tree made anew):",
         "",
-        f"Making {MKDIRS} directories (medians, one probe per round): the dedicated file system"
-        f" {statistics.median(res.mkdirs['disk']):.3f} s, the host's"
-        f" {statistics.median(res.mkdirs['host']):.3f} s"
-        f" (range {min(res.mkdirs['host']):.3f}-{max(res.mkdirs['host']):.3f} s).",
+        f"Making {MKDIRS} directories (medians, one probe per round), the dedicated file system"
+        " against the host's: "
+        + each(
+            lambda r: f"{statistics.median(r.mkdirs['disk']):.3f} s against"
+            f" {statistics.median(r.mkdirs['host']):.3f} s (range"
+            f" {min(r.mkdirs['host']):.3f}-{max(r.mkdirs['host']):.3f} s)"
+        )
+        + ".",
         "",
-        "| measure (host file system) | seconds | ratio | goal |",
-        "| --- | --- | --- | --- |",
-        f"| baseline: `apt-get install` (minimal) | {h_base:.2f} | 1.00 | |",
-        f"| `apt-ostree install` through apt-ostreed (minimal) | {h_mini:.2f} |"
-        f" {h_mini / h_base:.2f}x apt-get | <= 1.5x |",
-        f"| `apt-ostree install` through apt-ostreed (large) | {h_large:.2f} |"
-        f" {h_large / h_mini:.2f}x minimal | <= 1.2x |",
+        *side_by_side("measure (host file system)", HOST_ROWS, results),
         "",
         "Where the time of `install` goes (medians of the step times apt-ostree prints; other:"
         " process start, bus round trips, sysroot and origin loading, the lists and cache opened):",
         "",
         "| run | total | " + " | ".join(t for t, _ in BREAKDOWN) + " | other |",
         "| --- | --- | " + " | ".join("---" for _ in BREAKDOWN) + " | --- |",
-        breakdown_row("minimal, apt-ostreed", res.installs["minimal"]),
-        breakdown_row("large, apt-ostreed", res.installs["large"]),
-        breakdown_row("minimal, --sysroot", res.inproc["minimal"]),
-        breakdown_row("large, --sysroot", res.inproc["large"]),
-        breakdown_row("minimal, apt-ostreed, host file system", res.host_installs["minimal"]),
-        breakdown_row("large, apt-ostreed, host file system", res.host_installs["large"]),
-        breakdown_row("upgrade (minimal, re-apply, --sysroot)", [up]),
+        *(row for r in results for row in breakdown_rows(r)),
         "",
         "First install (cold cache): "
         + "; ".join(
-            f"{n} {r.seconds:.2f} s, .debs {mib(r.deb_bytes())}, indices {mib(r.index_bytes())}"
-            for n, r in res.first.items()
+            f"{r.release.name} {n} {run.seconds:.2f} s, .debs {mib(run.deb_bytes())},"
+            f" indices {mib(run.index_bytes())}"
+            for r in results
+            for n, run in r.first.items()
         )
         + ".",
         "",
         "### Re-applying the layer on upgrade",
         "",
-        "The minimal base recomposed with the stamp file changed, then `upgrade`:"
-        f" {up.seconds:.2f} s (pull {up.step(*PULL):.2f} s).",
+        "The minimal base recomposed with the stamp file changed, then `upgrade`: "
+        + each(upgrade_time)
+        + ".",
         "",
-        "| measure | value | goal |",
-        "| --- | --- | --- |",
-        f"| .debs downloaded (apt-ostree's output) | {mib(up.deb_bytes())} | 0 |",
-        f"| the cache's .debs unchanged (names, sizes, mtimes, inodes) |"
-        f" {'yes' if res.cache_unchanged else 'NO'} | yes |",
-        f"| index refresh fetched (apt's counter, not .debs) | {mib(up.index_bytes())} | |",
-        f"| htop still layered on the new base | {checks} | yes |",
+        *upgrade_table(results),
     ]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    add_release_option(parser)
     parser.add_argument("--cachedir", type=Path, help="compose cache to reuse (default: scratch)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs)")
     args = parser.parse_args()
@@ -587,13 +748,19 @@ def main() -> None:
     print(f"scratch: {scratch}")
     if args.cachedir:
         args.cachedir.mkdir(parents=True, exist_ok=True)
-        (scratch / "cache").symlink_to(args.cachedir.resolve())
+    results = []
     try:
-        res = bench(scratch, args.rounds)
+        for rel in chosen_releases(args):
+            print(f"{rel.name} ({rel.suite}):", flush=True)
+            work = scratch / rel.name
+            work.mkdir()
+            if args.cachedir:  # one cache for every release: its apt state is per sources
+                (work / "cache").symlink_to(args.cachedir.resolve())
+            results.append(bench(work, args.rounds, rel))
     finally:
         if not args.keep:
             shutil.rmtree(scratch, ignore_errors=True)
-    text = report(res, args.rounds)
+    text = report(results, args.rounds)
     print(text)
     write_section("layering", text)
 

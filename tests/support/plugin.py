@@ -6,7 +6,7 @@ path), and each group runs whole on one worker, in the usual order. VM_GROUP hol
 the image with apt-ostree inside (tests/vm/conftest.py's `apt_ostree_repo`), which boot it
 under qemu (one vCPU: about one core): about 15 minutes with Debian 12 guests, about 30 with
 Debian 13's (measured 2026-12-03: its boots take 100-150 s under TCG); HOST_GROUP everything
-else, the examples' composes and the GRUB boot included (a little shorter). A session fixture
+else, the examples' composes and the GRUB boot included (not timed apart). A session fixture
 is made once per worker, so each expensive one is used by one group only: nothing is composed
 twice.
 """

@@ -44,7 +44,7 @@ def metadata_type(key: str, value: object) -> str:
 
 # Bump when the same inputs would now give a different tree (postprocessing changed), so
 # that no-change detection does not keep an image made by an older apt-ostree.
-COMPOSE_FORMAT = 6  # 5: apt-daily and unattended-upgrades masked; 6: apt and dpkg guarded
+COMPOSE_FORMAT = 7  # 5: apt timers masked; 6: apt and dpkg guarded; 7: .pyc mtimes 0
 
 # ---- D-Bus ----
 BUS_NAME = "org.aptostree.AptOstree1"

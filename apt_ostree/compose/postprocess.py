@@ -60,6 +60,7 @@ from apt_ostree.compose.initramfs import prepare_kernel
 from apt_ostree.compose.osrelease import mutate_os_release
 from apt_ostree.errors import CommandError, PostprocessError
 from apt_ostree.progress import Progress
+from apt_ostree.pycache import zero_source_mtimes
 from apt_ostree.sandbox import Bind, passthrough_env, run_in_tree, stream_in_tree
 
 TMPFILES_DIR = "usr/lib/tmpfiles.d"
@@ -244,6 +245,7 @@ def _convert(
     os.rename(rootfs / "etc", rootfs / "usr/etc")
     make_top_level(rootfs)
     _remove_special_files(rootfs, progress)
+    zero_source_mtimes(rootfs / "usr")  # libostree checks out every file with mtime 0
 
 
 # -- paths inside the tree ------------------------------------------------------------------

@@ -68,6 +68,7 @@ from apt_ostree.compose import postprocess
 from apt_ostree.errors import AptOstreeError, CommandError, LayeringError
 from apt_ostree.layering import LayerPlan, PlannedDeb
 from apt_ostree.progress import Progress
+from apt_ostree.pycache import zero_source_mtimes
 from apt_ostree.run import run
 from apt_ostree.sandbox import Bind, bwrap_argv, passthrough_env
 
@@ -170,6 +171,7 @@ def _assemble(
     _clean_upper(layer)
     removals = hidden_paths(layer.upper, layer.lower)
     _strip(layer.upper)
+    zero_source_mtimes(layer.upper)  # py3compile's new .pyc files, as compose leaves them
     _translate(layer)
     with progress.step("Writing the layered commit"):
         info = repo.read_commit(base)

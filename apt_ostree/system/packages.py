@@ -37,7 +37,13 @@ from apt_ostree.system.requests import (
     is_deb_path,
 )
 from apt_ostree.system.results import CommitDiff, Outcome, PackageList, SearchMatch
-from apt_ostree.system.sysroot import CommitSummary, System, parse_origin
+from apt_ostree.system.sysroot import (
+    CommitSummary,
+    System,
+    commit_packages,
+    parse_origin,
+    repo_package_diff,
+)
 
 Edit = Callable[[Origin, CommitSummary], Origin]
 
@@ -330,13 +336,9 @@ def db_diff(system: System, request: DbDiff) -> CommitDiff:
 
 
 def commit_diff(repo: ostree.Repo, old: str, new: str, *, with_changelogs: bool) -> CommitDiff:
-    diff = diff_packages(_packages(repo, old), _packages(repo, new))
+    diff = repo_package_diff(repo, old, new)
     logs = changelogs(repo, new, diff) if with_changelogs else {}
     return CommitDiff(old, new, diff, logs)
-
-
-def _packages(repo: ostree.Repo, checksum: str) -> tuple[tuple[str, str, str], ...]:
-    return CommitSummary.of(repo.read_commit(checksum)).packages
 
 
 def db_list(system: System, request: DbList) -> PackageList:
@@ -355,7 +357,7 @@ def repo_query(path: Path, request: DbDiff | DbList) -> CommitDiff | PackageList
         if request.rev is None:
             raise UsageError("db list --repo: name a ref or commit")
         checksum = _repo_commit(repo, path, request.rev)
-        return PackageList(checksum, _packages(repo, checksum))
+        return PackageList(checksum, commit_packages(repo, checksum))
     if request.from_rev is None:
         raise UsageError("db diff --repo: name a ref or commit (and a second to compare with)")
     old = _repo_commit(repo, path, request.from_rev)

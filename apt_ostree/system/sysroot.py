@@ -219,7 +219,7 @@ class System:
         return own[0]
 
     def package_diff(self, old: str, new: str) -> PackageDiff:
-        return diff_packages(self.commit(old).packages, self.commit(new).packages)
+        return repo_package_diff(self.repo, old, new)
 
     # ---- pulling ----
 
@@ -333,3 +333,13 @@ class System:
         sysroot = ostree.Sysroot(self.sysroot.path)
         with progress.step("Removing dropped deployments and pruning"), sysroot.locked():
             sysroot.cleanup()
+
+
+def commit_packages(repo: ostree.Repo, checksum: str) -> tuple[tuple[str, str, str], ...]:
+    """A commit's package list, from its metadata."""
+    return CommitSummary.of(repo.read_commit(checksum)).packages
+
+
+def repo_package_diff(repo: ostree.Repo, old: str, new: str) -> PackageDiff:
+    """The package changes from commit `old` to `new` of `repo`, from their metadata."""
+    return diff_packages(commit_packages(repo, old), commit_packages(repo, new))

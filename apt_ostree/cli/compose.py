@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from apt_ostree import treefile as treefile_mod
+from apt_ostree.compose import chunking
+from apt_ostree.compose import container as container_mod
 from apt_ostree.compose import image as image_mod
 from apt_ostree.compose.commit import CommitRootfsOptions, commit_rootfs
 from apt_ostree.compose.tree import (
@@ -93,6 +95,7 @@ def register(verbs: Any, *, help: str) -> None:
     commit.add_argument("--cachedir", type=Path, default=DEFAULT_CACHEDIR)
     commit.set_defaults(func=cmd_commit)
     _register_image(sub)
+    _register_encapsulate(sub)
 
 
 def _metadata_argument(parser: argparse.ArgumentParser, help: str) -> None:
@@ -330,4 +333,39 @@ def cmd_image(args: argparse.Namespace) -> int:
     print(f"  version: {result.version or '(none)'}")
     print(f"  size:    {human_size(options.size)} disk, {human_size(result.file_size)} on disk")
     print(f"  kargs:   {' '.join(result.kargs)}")
+    return 0
+
+
+def _register_encapsulate(sub: Any) -> None:
+    enc = sub.add_parser(
+        "container-encapsulate", help="a commit as an OCI container image, layered by package"
+    )
+    enc.add_argument("--repo", type=Path, required=True, help="the OSTree repository")
+    enc.add_argument("rev", metavar="REF", help="the ref (or checksum) to encapsulate")
+    enc.add_argument(
+        "image", metavar="IMAGE", help="oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://REF"
+    )
+    enc.add_argument(
+        "--max-layers",
+        type=int,
+        default=chunking.MAX_LAYERS,
+        help=f"at most this many layers (default {chunking.MAX_LAYERS})",
+    )
+    enc.set_defaults(func=cmd_encapsulate)
+
+
+def cmd_encapsulate(args: argparse.Namespace) -> int:
+    if args.max_layers < chunking.MIN_LAYERS:
+        raise UsageError(f"--max-layers: at least {chunking.MIN_LAYERS}")
+    result = container_mod.encapsulate(
+        args.repo.absolute(),
+        args.rev,
+        args.image,
+        TerminalProgress(sys.stderr),
+        max_layers=args.max_layers,
+    )
+    print(f"Wrote {args.image}")
+    print(f"  commit:   {result.checksum}")
+    print(f"  manifest: {result.manifest_digest}")
+    print(f"  layers:   {result.layers}, {human_size(result.size)}")
     return 0

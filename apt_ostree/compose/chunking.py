@@ -1,0 +1,194 @@
+"""Which files of a commit go into which layer of its container image.
+
+A file belongs to a *component*: the `user.component` xattr when the file has one (the
+convention that rpm-ostree's and bootc's chunkers honour), else the Debian source package of
+the binary package that ships it (from the dpkg database in the commit: each `info/*.list`,
+and the status file's `Source:` field, Debian Policy 5.6.1), else one of three components of
+what no package owns: the initramfs, the package manager's state in /usr/lib/sysimage, and
+the rest.
+
+Components are then packed into at most `max_layers` layers. So that an update re-downloads
+little, the components that changed in the ref's history (the ancestors of the commit found
+in the repository) get layers of their own first, then the largest; what is left shares a
+few buckets chosen by a hash of the name, so that a component stays in the same bucket from
+one build to the next. The layout is a function of the commit and its ancestors: the same
+commit gives the same image.
+
+Directories are not assigned: the first layer holds every directory of the tree, and each
+layer also carries the directories above its own files, with the same metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+from apt_ostree.ostree_container import Entry
+
+COMPONENT_XATTR = b"user.component"
+ROOTFS = "rootfs"  # directories and files no package owns
+INITRAMFS = "initramfs"
+SYSIMAGE = "sysimage"  # dpkg's, apt's and debconf's state
+MAX_LAYERS = 64
+BUCKETS = 8
+MIN_LAYERS = BUCKETS + 5  # the buckets, the three special layers, the commit's, one more
+HISTORY_DEPTH = 32
+DPKG = "usr/lib/sysimage/dpkg"
+_USRMERGED = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str  # "rootfs", a component's, or "bucket-N"
+    components: tuple[str, ...]
+    entries: tuple[Entry, ...]  # directories above the files included, in tree order
+
+    @property
+    def size(self) -> int:
+        return sum(e.size for e in self.entries)
+
+
+def parse_status(text: str) -> dict[str, str]:
+    """Installed binary package (name, and name:arch) -> its source package."""
+    sources: dict[str, str] = {}
+    for paragraph in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in paragraph.splitlines():
+            if line and not line[0].isspace():
+                key, _, value = line.partition(":")
+                fields[key.lower()] = value.strip()
+        name = fields.get("package")
+        if not name or not fields.get("status", "").endswith(" installed"):
+            continue
+        source = fields.get("source", name).split(" ")[0] or name
+        sources[name] = source
+        sources[f"{name}:{fields.get('architecture', '')}"] = source
+    return sources
+
+
+def tree_path(listed: str) -> str:
+    """Where a path of a package's file list is in a commit: /etc moved to /usr/etc, the
+    merged-/usr links followed."""
+    rel = listed.strip().lstrip("/")
+    first = rel.split("/", 1)[0]
+    if first == "etc":
+        return "usr/" + rel
+    if first in _USRMERGED:
+        return "usr/" + rel
+    return rel
+
+
+def owners(entries: Sequence[Entry], read: Callable[[str], bytes]) -> dict[str, str]:
+    """Path in the commit -> source package, from the commit's dpkg database; `read(checksum)`
+    reads a file's content."""
+    by_path = {e.path: e for e in entries}
+    status = by_path.get(f"{DPKG}/status")
+    sources = parse_status(read(status.checksum).decode(errors="replace")) if status else {}
+    owned: dict[str, str] = {}
+    prefix = f"{DPKG}/info/"
+    for entry in entries:
+        if not entry.path.startswith(prefix) or entry.kind != "file":
+            continue
+        name, _, suffix = entry.path.removeprefix(prefix).rpartition(".")
+        source = sources.get(name)
+        if source is None:
+            continue
+        owned[entry.path] = source  # the package's own maintainer scripts, md5sums, lists
+        if suffix == "list":
+            for line in read(entry.checksum).decode(errors="replace").splitlines():
+                owned.setdefault(tree_path(line), source)
+    return owned
+
+
+def component_of(entry: Entry, owned: Mapping[str, str]) -> str:
+    for key, value in entry.xattrs:
+        if key == COMPONENT_XATTR and value:
+            return value.decode(errors="replace")
+    if entry.path in owned:
+        return owned[entry.path]
+    if entry.path.startswith("usr/lib/modules/") and entry.path.endswith("/initramfs.img"):
+        return INITRAMFS
+    if entry.path.startswith("usr/lib/sysimage/"):
+        return SYSIMAGE
+    return ROOTFS
+
+
+def changes(
+    history: Sequence[Sequence[tuple[str, str, str]]], sources: Mapping[str, str]
+) -> Counter[str]:
+    """How often each source package changed version along `history` (package lists, newest
+    first)."""
+    counts: Counter[str] = Counter()
+    for newer, older in pairwise(history):
+        before = {(n, a): v for n, v, a in older}
+        changed = {n for n, v, a in newer if before.get((n, a)) not in (None, v)}
+        counts.update({sources.get(n, n) for n in changed})
+    return counts
+
+
+def _bucket(component: str) -> str:
+    return f"bucket-{int(hashlib.sha256(component.encode()).hexdigest(), 16) % BUCKETS}"
+
+
+def assign(
+    sizes: Mapping[str, int], counts: Mapping[str, int], *, max_layers: int = MAX_LAYERS
+) -> dict[str, str]:
+    """Component -> layer name: the special components and, within the budget, the most
+    changed then the largest components have their own layer; the rest share buckets."""
+    special = [c for c in (ROOTFS, INITRAMFS, SYSIMAGE) if c in sizes]
+    rest = sorted(
+        (c for c in sizes if c not in special), key=lambda c: (-counts.get(c, 0), -sizes[c], c)
+    )
+    budget = max_layers - 1 - len(special)  # one layer for the commit object
+    own = rest if len(rest) <= budget else rest[: budget - BUCKETS]
+    layout = {c: c for c in [*special, *own]}
+    layout.update({c: _bucket(c) for c in rest if c not in layout})
+    return layout
+
+
+def plan(
+    entries: Sequence[Entry],
+    owned: Mapping[str, str],
+    counts: Mapping[str, int],
+    *,
+    max_layers: int = MAX_LAYERS,
+) -> list[Layer]:
+    """The layers of the image, in order: rootfs (with every directory) first, then the
+    others by name."""
+    components = {e.path: component_of(e, owned) for e in entries if e.kind != "dir"}
+    sizes: dict[str, int] = defaultdict(int)
+    for entry in entries:
+        if entry.kind != "dir":
+            sizes[components[entry.path]] += entry.size
+    sizes.setdefault(ROOTFS, 0)
+    layout = assign(sizes, counts, max_layers=max_layers)
+    members: dict[str, set[str]] = defaultdict(set)
+    for component, layer in layout.items():
+        members[layer].add(component)
+    files: dict[str, list[Entry]] = defaultdict(list)
+    dirs = {e.path: e for e in entries if e.kind == "dir"}
+    for entry in entries:
+        if entry.kind != "dir":
+            files[layout[components[entry.path]]].append(entry)
+    names = [ROOTFS, *sorted(n for n in members if n != ROOTFS)]
+    return [_layer(n, members[n], files[n], dirs, everything=n == ROOTFS) for n in names]
+
+
+def _layer(
+    name: str,
+    components: set[str],
+    files: list[Entry],
+    dirs: Mapping[str, Entry],
+    *,
+    everything: bool,
+) -> Layer:
+    wanted: set[str] = set(dirs) if everything else {""}
+    for entry in files:
+        parts = entry.path.split("/")[:-1]
+        wanted.update("/".join(parts[:i]) for i in range(len(parts) + 1))
+    chosen = [dirs[p] for p in wanted]
+    ordered = sorted([*chosen, *files], key=lambda e: e.path.split("/"))
+    return Layer(name, tuple(sorted(components)), tuple(ordered))

@@ -17,9 +17,11 @@ import configparser
 import re
 from dataclasses import dataclass, field, replace
 
+from apt_ostree.container.imageref import ImageReference
 from apt_ostree.errors import StateError, UsageError
 
 CHECKSUM_RE = re.compile(r"^[0-9a-f]{64}$")
+IMAGE_KEY = "container-image-reference"
 
 # (group, key) of every list the origin holds, with the Origin field it maps to.
 _LISTS = {
@@ -54,7 +56,7 @@ class Refspec:
 
 @dataclass(frozen=True)
 class Origin:
-    refspec: Refspec
+    refspec: Refspec | ImageReference  # [origin] container-image-reference for images
     override_commit: str | None = None
     requested_packages: tuple[str, ...] = ()
     requested_local_packages: tuple[str, ...] = ()
@@ -66,7 +68,7 @@ class Origin:
     # groups and keys this version does not know, kept as they were
     extra: tuple[tuple[str, str, str], ...] = field(default=())
 
-    def with_refspec(self, refspec: Refspec, *, pin: str | None = None) -> Origin:
+    def with_refspec(self, refspec: Refspec | ImageReference, *, pin: str | None = None) -> Origin:
         return replace(self, refspec=refspec, override_commit=pin)
 
     def with_pin(self, checksum: str | None) -> Origin:
@@ -93,14 +95,15 @@ class Origin:
         except configparser.Error as e:
             raise StateError(f"malformed origin: {e}") from e
         key = "refspec" if parser.has_option("origin", "refspec") else "baserefspec"
+        if parser.has_option("origin", IMAGE_KEY):
+            key = IMAGE_KEY
         if not parser.has_option("origin", key):
-            raise StateError(
-                "the origin has no [origin] refspec (container origins are not supported)"
-            )
+            raise StateError("the origin has no [origin] refspec or container-image-reference")
         # `unlocked` (usroverlay --hotfix) is the state of one deployment, which libostree
         # leaves to its callers to drop from the origins of new ones
         # (ostree_deployment_origin_remove_transient_state)
         known = {("origin", "refspec"), ("origin", "baserefspec"), ("origin", "override-commit")}
+        known |= {("origin", IMAGE_KEY)}
         known |= {("origin", "unlocked")}
         known |= {("aptostree", "regenerate-initramfs")} | set(_LISTS.values())
         lists = {
@@ -114,7 +117,10 @@ class Origin:
             if (group, key) not in known
         )
         try:
-            refspec = Refspec.parse(parser.get("origin", key))
+            text = parser.get("origin", key)
+            refspec: Refspec | ImageReference = (
+                ImageReference.parse(text) if key == IMAGE_KEY else Refspec.parse(text)
+            )
         except UsageError as e:
             raise StateError(f"malformed origin: {e}") from e
         return Origin(
@@ -129,6 +135,8 @@ class Origin:
 
     def to_text(self) -> str:
         key = "baserefspec" if self.layered else "refspec"
+        if isinstance(self.refspec, ImageReference):
+            key = IMAGE_KEY  # rpm-ostree's, layered or not
         groups: dict[str, dict[str, str]] = {"origin": {key: str(self.refspec)}}
         if self.override_commit:
             groups["origin"]["override-commit"] = self.override_commit

@@ -30,7 +30,11 @@ BASE_ENV: Mapping[str, str] = {
 def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment every tool runs with: BASE_ENV, a few host variables, then `extra`."""
     env = dict(BASE_ENV)
-    for name in ("HOME", "TMPDIR", "SOURCE_DATE_EPOCH", "http_proxy", "https_proxy", "no_proxy"):
+    # CONTAINERS_REGISTRIES_CONF and REGISTRY_AUTH_FILE: skopeo's registries and logins
+    for name in (
+        *("HOME", "TMPDIR", "SOURCE_DATE_EPOCH", "http_proxy", "https_proxy", "no_proxy"),
+        *("CONTAINERS_REGISTRIES_CONF", "REGISTRY_AUTH_FILE"),
+    ):
         if name in os.environ:
             env[name] = os.environ[name]
     env.update(extra or {})

@@ -113,6 +113,8 @@ def _rows(d: DeploymentInfo, *, verbose: bool) -> list[tuple[str, str]]:
         if d.base_checksum != d.checksum:
             rows.append(("BaseCommit", d.base_checksum))
     rows.append(("Commit", d.checksum))
+    if d.container_image_reference is not None:
+        rows.append(("Digest", d.container_image_digest or "(not recorded)"))
     if d.override_commit:
         rows.append(("Pinned to", d.override_commit))
     for title, values in (

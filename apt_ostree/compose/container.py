@@ -22,6 +22,7 @@ from typing import Any
 from apt_ostree import keys, ostree, ostree_container
 from apt_ostree.compose import chunking
 from apt_ostree.container import oci
+from apt_ostree.container.proxy import registries_options
 from apt_ostree.container.tarlayer import Blob, write_layer
 from apt_ostree.errors import ImageError, UsageError
 from apt_ostree.progress import Progress, human_size
@@ -143,7 +144,15 @@ def _copy(layout: oci.Layout, target: Target) -> None:
     if target.transport == "oci-archive":
         dest = f"oci-archive:{target.path}:{target.tag}"
     run(
-        ["skopeo", "--insecure-policy", "copy", "--quiet", f"oci:{layout.path}:{target.tag}", dest],
+        [
+            "skopeo",
+            *registries_options(),
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            f"oci:{layout.path}:{target.tag}",
+            dest,
+        ],  # fmt: skip
         what=f"writing {target.reference}",
     )
 

@@ -216,6 +216,8 @@ class DeploymentInfo:
     regenerate_initramfs: bool = False
     initramfs_args: tuple[str, ...] = ()
     package_count: int | None = None
+    container_image_reference: str | None = None
+    container_image_digest: str | None = None
 
     def to_wire(self) -> Wire:
         return {
@@ -247,6 +249,8 @@ class DeploymentInfo:
             "regenerate-initramfs": self.regenerate_initramfs,
             "initramfs-args": list(self.initramfs_args),
             "package-count": self.package_count,
+            "container-image-reference": self.container_image_reference,
+            "container-image-reference-digest": self.container_image_digest,
         }
 
     @staticmethod
@@ -273,6 +277,8 @@ class DeploymentInfo:
             requested_base_local_replacements=_tuple(d.get("requested-base-local-replacements")),
             kernel_arguments=_tuple(d.get("kernel-arguments")),
             regenerate_initramfs=bool(d.get("regenerate-initramfs")),
+            container_image_reference=d.get("container-image-reference"),
+            container_image_digest=d.get("container-image-reference-digest"),
             initramfs_args=_tuple(d.get("initramfs-args")),
             package_count=d.get("package-count"),
         )

@@ -19,6 +19,8 @@ from pathlib import Path
 from apt_ostree import keys, ostree
 from apt_ostree.accounts import merge_accounts
 from apt_ostree.config import load_config
+from apt_ostree.container.imageref import ImageReference
+from apt_ostree.container.importer import image_digests
 from apt_ostree.errors import ConfigError, DeploymentError, StateError, UsageError
 from apt_ostree.layering.build import LayerTarget
 from apt_ostree.layering.build import build as build_layered
@@ -155,7 +157,14 @@ class System:
             regenerate_initramfs=o.regenerate_initramfs if o else False,
             initramfs_args=o.initramfs_args if o else (),
             package_count=len(c.packages) if c else None,
+            **self._image_fields(o, c.base_checksum if c else d.checksum),
         )
+
+    def _image_fields(self, o: Origin | None, base: str) -> dict[str, str | None]:
+        if o is None or not isinstance(o.refspec, ImageReference):
+            return {}
+        digest = image_digests(self.repo).get(base)
+        return {"container_image_reference": str(o.refspec), "container_image_digest": digest}
 
     def status(self) -> tuple[DeploymentInfo, ...]:
         return tuple(self.info(d) for d in self.sysroot.deployments())

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from apt_ostree import ostree
 from apt_ostree.aptpkg.dpkg import version_compare
+from apt_ostree.container.imageref import ImageReference
 from apt_ostree.errors import DeploymentError, UsageError
 from apt_ostree.layering.build import remove_base_trees
 from apt_ostree.origin import CHECKSUM_RE, Origin, Refspec
 from apt_ostree.progress import Progress
+from apt_ostree.system import containers
 from apt_ostree.system.requests import (
     Cleanup,
     Deploy,
@@ -39,6 +41,8 @@ def upgrade(system: System, request: Upgrade) -> Outcome:
         source = system.origin_deployment()
         origin = parse_origin(source)
         current = system.commit(system.commit(source.checksum).base_checksum)
+        if isinstance(origin.refspec, ImageReference):
+            return containers.upgrade(system, request, merge, origin, current)
         if origin.override_commit:
             return Outcome(
                 False,
@@ -146,6 +150,11 @@ def deploy(system: System, request: Deploy) -> Outcome:
     with system.sysroot.locked():
         merge = system.merge_deployment()
         origin = parse_origin(merge)
+        if isinstance(origin.refspec, ImageReference):
+            raise UsageError(
+                f"deploy follows an ostree ref; {origin.refspec} is an image: rebase to the"
+                " image's tag or digest"
+            )
         checksum = _revision(system, origin.refspec, request.revision)
         if request.preview:
             return _preview(system, merge, origin.refspec, checksum)
@@ -173,12 +182,17 @@ def rebase(system: System, request: Rebase) -> Outcome:
     head, _, last = target.rpartition(":")
     if head and CHECKSUM_RE.match(last):
         target, pin = head, last
+    if ImageReference.looks_like(request.refspec) and request.revision is not None:
+        raise UsageError("rebase to an image takes no revision: name the tag or the digest")
     with system.sysroot.locked():
         merge = system.merge_deployment()
         origin = parse_origin(merge)
+        if ImageReference.looks_like(request.refspec):
+            return containers.rebase(system, merge, origin, request.refspec)
         refspec = Refspec.parse(target)
         if refspec.remote is None:
-            refspec = Refspec(origin.refspec.remote, refspec.ref)
+            remote = origin.refspec.remote if isinstance(origin.refspec, Refspec) else None
+            refspec = Refspec(remote, refspec.ref)
         if request.revision is not None:
             pin = _revision(system, refspec, request.revision)
         checksum = pin or system.fetch_ref(refspec, commit_only=False)

@@ -1,0 +1,241 @@
+"""The client's side of container images: read an image's manifest and config, fetch only
+the layers the repository lacks, and write the image's ostree commit (docs/container.md).
+
+In the sysroot's repository:
+- `aptostree/container/blob/sha256_HEX`: a layer, imported as a commit of its own; a layer
+  already there is never fetched again;
+- `aptostree/container/manifest/sha256_HEX`: an image that was pulled; an empty commit whose
+  metadata holds the manifest and the ostree commit it makes, which is how `status` knows the
+  image digest of a deployment.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apt_ostree import ostree, ostree_container
+from apt_ostree.container import oci
+from apt_ostree.container.imageref import ImageReference, Verify
+from apt_ostree.container.proxy import ImageProxy, ProxyError, image_proxy
+from apt_ostree.errors import ImageError
+from apt_ostree.progress import Progress, human_size
+
+BLOB_PREFIX = "aptostree/container/blob/"
+MANIFEST_PREFIX = "aptostree/container/manifest/"
+KEY_MANIFEST = "aptostree.container.manifest"
+KEY_COMMIT = "aptostree.container.commit"
+KEY_REFERENCE = "aptostree.container.image-reference"
+
+
+@dataclass(frozen=True)
+class Image:
+    """What an image's manifest and config say, before any layer is fetched."""
+
+    reference: str
+    digest: str  # the manifest's
+    manifest: bytes
+    checksum: str  # the ostree commit the image carries
+    version: str | None
+    layers: tuple[oci.Descriptor, ...]  # the tree's layers, in order
+    commit_layer: oci.Descriptor
+
+
+def _ref(prefix: str, digest: str) -> str:
+    return prefix + digest.replace(":", "_")
+
+
+def skopeo_options(reference: ImageReference, etc: Path | None) -> list[str]:
+    """skopeo's global options: no policy for unverified images; for signed ones the managed
+    system's containers-policy.json and registries.d (its /etc, `etc`), else the host's."""
+    if reference.verify is Verify.UNVERIFIED:
+        return ["--insecure-policy"]
+    options: list[str] = []
+    if etc is not None and (etc / "containers/policy.json").is_file():
+        options += ["--policy", str(etc / "containers/policy.json")]
+    if etc is not None and (etc / "containers/registries.d").is_dir():
+        options += ["--registries.d", str(etc / "containers/registries.d")]
+    return options
+
+
+def _parse(reference: ImageReference, digest: str, manifest: bytes, config: bytes) -> Image:
+    try:
+        doc = json.loads(manifest)
+        labels: Mapping[str, str] = json.loads(config).get("config", {}).get("Labels") or {}
+        layers = [oci.Descriptor.of(d) for d in doc["layers"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ImageError(f"{reference}: malformed manifest or config: {e}") from e
+    if labels.get(oci.LABEL_BOOTABLE) != "true" or not labels.get(oci.LABEL_COMMIT):
+        raise ImageError(
+            f"{reference} is not a bootable apt-ostree image"
+            f" (its config has no {oci.LABEL_BOOTABLE} and {oci.LABEL_COMMIT} labels)"
+        )
+    checksum = labels[oci.LABEL_COMMIT]
+    marked = [
+        i for i, d in enumerate(layers)
+        if (d.annotations or {}).get(oci.ANNOTATION_COMMIT_LAYER) == checksum
+    ]  # fmt: skip
+    if not marked:
+        raise ImageError(f"{reference}: no layer holds its ostree commit {checksum}")
+    if marked[0] != len(layers) - 1:
+        raise ImageError(
+            f"{reference}: {len(layers) - 1 - marked[0]} layers were added on top of the"
+            " ostree commit (an image built FROM this one): derived images are not supported"
+            " yet"
+        )
+    version = labels.get(oci.LABEL_VERSION) or labels.get("version")
+    return Image(
+        str(reference), digest, manifest, checksum, version, tuple(layers[:-1]), layers[-1]
+    )
+
+
+def _open(proxy: ImageProxy, reference: ImageReference) -> int:
+    if reference.verify is Verify.SIGNED and not proxy.checks_policy:
+        version = ".".join(map(str, proxy.version))
+        raise ImageError(
+            f"{reference}: this skopeo's image proxy (protocol {version}) does not check"
+            " signatures; ostree-image-signed: needs skopeo 1.13 or later (Debian 13 has it)"
+        )
+    try:
+        return proxy.open_image(reference.transport_ref)
+    except ProxyError as e:
+        raise ImageError(f"cannot open {reference}: {e}") from e
+
+
+def _inspect(proxy: ImageProxy, image: int, reference: ImageReference) -> Image:
+    try:
+        digest, manifest = proxy.manifest(image)
+        config = proxy.config(image)
+    except ProxyError as e:
+        raise ImageError(f"cannot read the manifest of {reference}: {e}") from e
+    return _parse(reference, digest, manifest, config)
+
+
+def inspect(reference: ImageReference, etc: Path | None) -> Image:
+    """The image's manifest and labels, without fetching a layer (`upgrade --check`)."""
+    with image_proxy(skopeo_options(reference, etc)) as proxy:
+        return _inspect(proxy, _open(proxy, reference), reference)
+
+
+def pull(
+    repo: ostree.Repo, reference: ImageReference, etc: Path | None, progress: Progress
+) -> Image:
+    """Fetch the layers the repository lacks and write the image's commit; the image."""
+    with image_proxy(skopeo_options(reference, etc)) as proxy:
+        image_id = _open(proxy, reference)
+        with progress.step(f"Reading the manifest of {reference}"):
+            image = _inspect(proxy, image_id, reference)
+        # the layers are fetched even when the commit is there already (a machine moving
+        # from an ostree remote to the image of the same commit), so that its next upgrade
+        # fetches only the layers that changed
+        layers = _fetch_layers(repo, proxy, image_id, image, progress)
+        with progress.step(f"Writing commit {image.checksum[:12]}"):
+            commit, detached = _commit_object(proxy, image_id, image)
+            ostree_container.write_image_commit(repo, image.checksum, commit, detached, layers)
+    _record(repo, image)
+    return image
+
+
+def _fetch_layers(
+    repo: ostree.Repo, proxy: ImageProxy, image_id: int, image: Image, progress: Progress
+) -> list[str]:
+    """The layer commits, in order: fetched and imported where missing."""
+    missing = [d for d in image.layers if repo.resolve_ref(_ref(BLOB_PREFIX, d.digest)) is None]
+    total = sum(d.size for d in missing)
+    progress.message(
+        f"    {len(missing)} of {len(image.layers) + 1} layers to fetch, {human_size(total)}"
+    )
+    done = [0]
+    start = time.monotonic()
+
+    def on_data(n: int) -> None:
+        done[0] += n
+        speed = done[0] / max(time.monotonic() - start, 1e-3)
+        progress.download(done[0], total, speed)
+
+    with progress.step(f"Fetching {len(missing)} layers"):
+        for desc in missing:
+            _import_layer(repo, proxy, image_id, desc, on_data)
+        progress.download(done[0], total, done[0] / max(time.monotonic() - start, 1e-3), final=True)
+    commits = []
+    for desc in image.layers:
+        checksum = repo.resolve_ref(_ref(BLOB_PREFIX, desc.digest))
+        assert checksum is not None
+        commits.append(checksum)
+    return commits
+
+
+def _import_layer(
+    repo: ostree.Repo, proxy: ImageProxy, image_id: int, desc: oci.Descriptor, on_data: Any
+) -> None:
+    with tempfile.NamedTemporaryFile(dir=repo.path / "tmp", prefix="layer-") as tmp:
+        try:
+            proxy.blob(image_id, desc.digest, desc.size, tmp, on_data)  # type: ignore[arg-type]
+        except ProxyError as e:
+            raise ImageError(f"cannot fetch layer {desc.digest}: {e}") from e
+        tmp.flush()
+        ostree_container.import_layer(
+            repo, Path(tmp.name), ref=_ref(BLOB_PREFIX, desc.digest), subject=desc.digest
+        )
+
+
+def _commit_object(proxy: ImageProxy, image_id: int, image: Image) -> tuple[bytes, bytes | None]:
+    out = io.BytesIO()
+    desc = image.commit_layer
+    try:
+        proxy.blob(image_id, desc.digest, desc.size, out, lambda n: None)
+    except ProxyError as e:
+        raise ImageError(f"cannot fetch the commit layer {desc.digest}: {e}") from e
+    name = f"sysroot/ostree/repo/objects/{image.checksum[:2]}/{image.checksum[2:]}"
+    found: dict[str, bytes] = {}
+    out.seek(0)
+    with tarfile.open(fileobj=out, mode="r:*") as tar:
+        for member in tar:
+            path = member.name.removeprefix("./")
+            if member.isfile() and path in (f"{name}.commit", f"{name}.commitmeta"):
+                data = tar.extractfile(member)
+                found[path.rpartition(".")[2]] = data.read() if data else b""
+    if "commit" not in found:
+        raise ImageError(f"{image.reference}: the commit layer has no commit {image.checksum}")
+    return found["commit"], found.get("commitmeta")
+
+
+def _record(repo: ostree.Repo, image: Image) -> None:
+    metadata = {
+        KEY_MANIFEST: image.manifest.decode(),
+        KEY_COMMIT: image.checksum,
+        KEY_REFERENCE: image.reference,
+    }
+    with tempfile.TemporaryDirectory(dir=repo.path / "tmp") as empty:
+        repo.write_commit(
+            Path(empty),
+            ref=_ref(MANIFEST_PREFIX, image.digest),
+            subject=image.digest,
+            metadata=metadata,
+            timestamp=0,
+        )
+
+
+def image_digests(repo: ostree.Repo) -> dict[str, str]:
+    """Ostree commit -> the manifest digest of the image it was pulled from."""
+    found: dict[str, str] = {}
+    for ref in repo.list_refs():
+        if ref.startswith(MANIFEST_PREFIX):
+            checksum = repo.resolve_ref(ref)
+            if checksum is None:
+                continue
+            commit = repo.read_commit(checksum).metadata.get(KEY_COMMIT)
+            if commit:
+                found[str(commit)] = ref.removeprefix(MANIFEST_PREFIX).replace("_", ":", 1)
+    return found
+
+
+def layer_refs(repo: ostree.Repo) -> Sequence[str]:
+    return [r for r in repo.list_refs() if r.startswith(BLOB_PREFIX)]

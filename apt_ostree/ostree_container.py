@@ -13,6 +13,7 @@ client gets the very commit the vendor composed, or an error.
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,17 @@ def _merge(gi: Any, mtree: Any, contents: str, meta: str) -> None:
 def _root_of(gi: Any, commit: Any) -> tuple[str, str]:
     contents = _hex(commit.get_child_value(6).get_data_as_bytes().get_data())
     return contents, _hex(commit.get_child_value(7).get_data_as_bytes().get_data())
+
+
+def commit_metadata(commit: bytes) -> dict[str, Any]:
+    """The metadata of a serialized commit object (one not written to any repository)."""
+    variant = GLib.Variant.new_from_bytes(
+        GLib.VariantType.new("(a{sv}aya(say)sstayay)"), GLib.Bytes.new(commit), False
+    )
+    metadata = variant.get_child_value(0)
+    # numbers in ostree's objects are big-endian (as apt_ostree.ostree reads them)
+    swapped = metadata.byteswap() if sys.byteorder == "little" else metadata
+    return dict(swapped.unpack())
 
 
 def write_image_commit(

@@ -124,6 +124,16 @@ def inspect(reference: ImageReference, etc: Path | None) -> Image:
         return _inspect(proxy, _open(proxy, reference), reference)
 
 
+def commit_metadata(reference: ImageReference, etc: Path | None) -> tuple[Image, dict[str, Any]]:
+    """The image, and the metadata of its commit (its packages) from the commit layer alone
+    (`upgrade --preview`)."""
+    with image_proxy(skopeo_options(reference, etc)) as proxy:
+        image_id = _open(proxy, reference)
+        image = _inspect(proxy, image_id, reference)
+        commit, _ = _commit_object(proxy, image_id, image)
+    return image, ostree_container.commit_metadata(commit)
+
+
 def pull(
     repo: ostree.Repo, reference: ImageReference, etc: Path | None, progress: Progress
 ) -> Image:

@@ -11,6 +11,7 @@ from apt_ostree.container import importer
 from apt_ostree.container.imageref import ImageReference
 from apt_ostree.errors import UsageError
 from apt_ostree.origin import Origin
+from apt_ostree.pkgdiff import diff_packages
 from apt_ostree.system.requests import Upgrade
 from apt_ostree.system.results import Outcome
 from apt_ostree.system.sysroot import CommitSummary, System
@@ -33,20 +34,38 @@ def upgrade(
     if request.cache_only:
         raise UsageError("--cache-only: an image origin has no download cache; run upgrade")
     if request.check or request.preview:
-        with system.progress.step(f"Checking {reference} for updates"):
-            image = importer.inspect(reference, _etc(merge))
-        if image.checksum == current.checksum:
-            return Outcome(False, ("No upgrade available.",))
-        head = f"Update available: {image.checksum} (version {image.version or '-'})"
-        return Outcome(
-            True, (head, f"  image digest: {image.digest}"), None, image.checksum, image.version
-        )
+        return _check(system, request, merge, reference, current)
     image = importer.pull(system.repo, reference, _etc(merge), system.progress)
     if image.checksum == current.checksum:
         return Outcome(False, ("No upgrade available.",))
     if request.download_only:
         return Outcome(True, (f"Downloaded {image.checksum} (version {image.version or '-'})",))
     return deploy(system, merge, origin, image)
+
+
+def _check(
+    system: System,
+    request: Upgrade,
+    merge: ostree.Deployment,
+    reference: ImageReference,
+    current: CommitSummary,
+) -> Outcome:
+    """--check from the manifest and config; --preview also reads the commit's packages."""
+    metadata: dict[str, object] = {}
+    with system.progress.step(f"Checking {reference} for updates"):
+        if request.preview:
+            image, metadata = importer.commit_metadata(reference, _etc(merge))
+        else:
+            image = importer.inspect(reference, _etc(merge))
+    if image.checksum == current.checksum:
+        return Outcome(False, ("No upgrade available.",))
+    head = f"Update available: {image.checksum} (version {image.version or '-'})"
+    lines = (head, f"  image digest: {image.digest}")
+    diff = None
+    if request.preview:
+        new = CommitSummary.of(ostree.CommitInfo(image.checksum, None, "", 0, metadata))
+        diff = diff_packages(current.packages, new.packages)
+    return Outcome(True, lines, diff, image.checksum, image.version)
 
 
 def deploy(

@@ -101,6 +101,10 @@ def test_rebase_to_an_oci_layout_then_upgrade_by_tag_fetches_only_changed_layers
     retag(tagged, "1.1", "stable")
     check = machine.change(Upgrade(check=True))
     assert check.changed and check.checksum == images.checksum("1.1")
+    preview = machine.change(Upgrade(preview=True))
+    assert preview.diff is not None
+    assert [c.name for c in preview.diff.upgraded] == ["hello-aot"]
+    assert "extra-aot" in [c.name for c in preview.diff.added]
     progress = Recorder()
     outcome = machine.change(Upgrade(), progress)
     assert outcome.deployed and machine.status()[0]["checksum"] == images.checksum("1.1")

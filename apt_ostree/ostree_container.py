@@ -71,9 +71,7 @@ def walk_commit(repo: ostree.Repo, checksum: str) -> Iterator[Entry]:
     gi = _gi(repo)
     try:
         _, commit = gi.load_variant(OSTree.ObjectType.COMMIT, checksum)
-        contents = _hex(commit.get_child_value(6).get_data_as_bytes().get_data())
-        meta = _hex(commit.get_child_value(7).get_data_as_bytes().get_data())
-        yield from _walk(gi, "", contents, meta)
+        yield from _walk(gi, "", *_root_of(gi, commit))
     except GLib.Error as e:
         raise RepoError(f"cannot read the tree of {checksum}: {e.message}") from e
 

@@ -81,12 +81,17 @@ def tree_path(listed: str) -> str:
     return rel
 
 
-def owners(entries: Sequence[Entry], read: Callable[[str], bytes]) -> dict[str, str]:
-    """Path in the commit -> source package, from the commit's dpkg database; `read(checksum)`
-    reads a file's content."""
-    by_path = {e.path: e for e in entries}
-    status = by_path.get(f"{DPKG}/status")
-    sources = parse_status(read(status.checksum).decode(errors="replace")) if status else {}
+def status_sources(entries: Sequence[Entry], read: Callable[[str], bytes]) -> dict[str, str]:
+    """parse_status of the commit's dpkg status file; `read(checksum)` reads a file."""
+    status = next((e for e in entries if e.path == f"{DPKG}/status"), None)
+    return parse_status(read(status.checksum).decode(errors="replace")) if status else {}
+
+
+def owners(
+    entries: Sequence[Entry], sources: Mapping[str, str], read: Callable[[str], bytes]
+) -> dict[str, str]:
+    """Path in the commit -> source package, from the commit's dpkg database (`sources`: its
+    status file's, `status_sources`)."""
     owned: dict[str, str] = {}
     prefix = f"{DPKG}/info/"
     for entry in entries:

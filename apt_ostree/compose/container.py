@@ -24,7 +24,7 @@ from apt_ostree.compose import chunking
 from apt_ostree.container import oci
 from apt_ostree.container.proxy import registries_options
 from apt_ostree.container.tarlayer import Blob, write_layer
-from apt_ostree.errors import ImageError, UsageError
+from apt_ostree.errors import UsageError
 from apt_ostree.progress import Progress, human_size
 from apt_ostree.run import run
 
@@ -60,7 +60,6 @@ class EncapsulateResult:
     manifest_digest: str
     layers: int
     size: int  # compressed, all layers
-    reused: int  # layers already in the target layout
 
 
 def _commit_layer(repo: ostree.Repo, checksum: str, dest: Path) -> Blob:
@@ -168,10 +167,8 @@ def _write(
     layout.create()
     with progress.step(f"Reading the tree of {info.checksum[:12]}"):
         entries = list(ostree_container.walk_commit(repo, info.checksum))
-        sources = chunking.parse_status(
-            (repo.read_file(info.checksum, f"{chunking.DPKG}/status") or b"").decode()
-        )
-        owned = chunking.owners(entries, lambda c: _read(repo, c))
+        sources = chunking.status_sources(entries, lambda c: _read(repo, c))
+        owned = chunking.owners(entries, sources, lambda c: _read(repo, c))
         counts = chunking.changes(_history(repo, info), sources)
         layers = chunking.plan(entries, owned, counts, max_layers=max_layers)
     work = Path(tempfile.mkdtemp(prefix="layers-", dir=layout.path))
@@ -205,7 +202,7 @@ def _write(
     progress.message(
         f"    {len(blobs)} layers, {human_size(total)} compressed; manifest {desc.digest}"
     )
-    return EncapsulateResult(info.checksum, desc.digest, len(blobs), total, 0)
+    return EncapsulateResult(info.checksum, desc.digest, len(blobs), total)
 
 
 def _write_layers(
@@ -226,14 +223,7 @@ def _write_layers(
     with progress.step(f"Writing {len(layers) + 1} layers"), ThreadPoolExecutor(WORKERS) as pool:
         blobs = list(pool.map(one, range(len(layers)), layers))
         blobs.append(_commit_layer(repo, checksum, work / "commit.tar.gz"))
-    layout_blobs = []
+    layout = oci.Layout(work.parent)
     for blob in blobs:
-        dest = blob.path.parent.parent / "blobs" / "sha256" / blob.digest.removeprefix("sha256:")
-        if dest.exists():
-            blob.path.unlink()
-        else:
-            blob.path.rename(dest)
-        layout_blobs.append(Blob(dest, blob.digest, blob.size, blob.diff_id))
-    if not layout_blobs:
-        raise ImageError("no layers")
-    return layout_blobs
+        layout.add_blob(blob.path, blob.digest)
+    return [Blob(layout.blob_path(b.digest), b.digest, b.size, b.diff_id) for b in blobs]

@@ -16,7 +16,7 @@ import json
 import tarfile
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +157,8 @@ def _fetch_layers(
     repo: ostree.Repo, proxy: ImageProxy, image_id: int, image: Image, progress: Progress
 ) -> list[str]:
     """The layer commits, in order: fetched and imported where missing."""
-    missing = [d for d in image.layers if repo.resolve_ref(_ref(BLOB_PREFIX, d.digest)) is None]
+    have = {d.digest: repo.resolve_ref(_ref(BLOB_PREFIX, d.digest)) for d in image.layers}
+    missing = [d for d in image.layers if have[d.digest] is None]
     total = sum(d.size for d in missing)
     progress.message(
         f"    {len(missing)} of {len(image.layers) + 1} layers to fetch, {human_size(total)}"
@@ -174,12 +175,9 @@ def _fetch_layers(
         for desc in missing:
             _import_layer(repo, proxy, image_id, desc, on_data)
         progress.download(done[0], total, done[0] / max(time.monotonic() - start, 1e-3), final=True)
-    commits = []
-    for desc in image.layers:
-        checksum = repo.resolve_ref(_ref(BLOB_PREFIX, desc.digest))
-        assert checksum is not None
-        commits.append(checksum)
-    return commits
+    for desc in missing:
+        have[desc.digest] = repo.resolve_ref(_ref(BLOB_PREFIX, desc.digest))
+    return [str(have[d.digest]) for d in image.layers]
 
 
 def _import_layer(
@@ -245,7 +243,3 @@ def image_digests(repo: ostree.Repo) -> dict[str, str]:
             if commit:
                 found[str(commit)] = ref.removeprefix(MANIFEST_PREFIX).replace("_", ":", 1)
     return found
-
-
-def layer_refs(repo: ostree.Repo) -> Sequence[str]:
-    return [r for r in repo.list_refs() if r.startswith(BLOB_PREFIX)]

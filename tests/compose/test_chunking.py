@@ -33,7 +33,11 @@ def test_files_belong_to_source_packages_xattr_components_or_the_special_layers(
     entries += [_file("usr/lib/x86_64/libfoo.so.1"), _file("usr/etc/foo.conf")]
     entries += [_file("usr/bin/tool", xattrs=((b"user.component", b"tools"),))]
     entries += [_file("usr/lib/modules/6.1/initramfs.img"), _file("usr/etc/machine-info")]
-    owned = chunking.owners(entries, lambda c: contents[c])
+
+    def read(c: str) -> bytes:
+        return contents[c]
+
+    owned = chunking.owners(entries, chunking.status_sources(entries, read), read)
     assert {e.path: chunking.component_of(e, owned) for e in entries} == {
         f"{chunking.DPKG}/status": "sysimage",
         f"{chunking.DPKG}/info/libfoo1:amd64.list": "foo",

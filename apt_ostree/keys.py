@@ -9,6 +9,7 @@ INPUTHASH = "aptostree.inputhash"
 TREEFILE = "aptostree.treefile"  # flattened treefile, JSON
 CLIENTLAYER = "aptostree.clientlayer"
 BASE_CHECKSUM = "aptostree.base-checksum"
+DERIVED_FROM = "aptostree.derived-from"  # a derived image's commit: the image commit below it
 REQUESTED_PACKAGES = "aptostree.requested-packages"
 REQUESTED_LOCAL_PACKAGES = "aptostree.requested-local-packages"
 OVERRIDE_REMOVE = "aptostree.override-remove"

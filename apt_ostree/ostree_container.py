@@ -158,15 +158,39 @@ def import_layer(repo: ostree.Repo, archive: Path, *, ref: str, subject: str) ->
     return str(checksum)
 
 
-def _merge(gi: Any, mtree: Any, contents: str, meta: str) -> None:
-    """Add the tree `contents` (with root metadata `meta`) into `mtree`, by checksum."""
+def checkout_union(repo: ostree.Repo, checksum: str, dest: Path) -> None:
+    """Check out `checksum` into the folder `dest` over what it has (files replaced, folders
+    merged), as copies: `dest` is scratch to change."""
+    options = OSTree.RepoCheckoutAtOptions()
+    bare = _gi(repo).get_mode() == OSTree.RepoMode.BARE
+    options.mode = OSTree.RepoCheckoutMode.NONE if bare else OSTree.RepoCheckoutMode.USER
+    options.overwrite_mode = OSTree.RepoCheckoutOverwriteMode.UNION_FILES
+    options.force_copy = True
+    try:
+        _gi(repo).checkout_at(options, ostree.AT_FDCWD, str(dest), checksum, None)
+    except GLib.Error as e:
+        raise RepoError(f"cannot check out layer {checksum}: {e.message}") from e
+
+
+def _merge(gi: Any, mtree: Any, contents: str, meta: str, *, root: bool = False) -> None:
+    """Add the tree `contents` (with root metadata `meta`) into `mtree`, by checksum. At the
+    `root` of a layer in the container view (apt_ostree.container.view), /etc goes into
+    /usr/etc and the children of /var are left out."""
     mtree.set_metadata_checksum(meta)
     _, tree = gi.load_variant(OSTree.ObjectType.DIR_TREE, contents)
     files, dirs = tree.unpack()
     for name, checksum in files:
         mtree.replace_file(name, _hex(checksum))
     for name, child, child_meta in dirs:
-        _, sub = mtree.ensure_dir(name)
+        if root and name == "var":
+            _, sub = mtree.ensure_dir(name)
+            sub.set_metadata_checksum(_hex(child_meta))
+            continue
+        if root and name == "etc":
+            _, usr = mtree.ensure_dir("usr")
+            _, sub = usr.ensure_dir("etc")
+        else:
+            _, sub = mtree.ensure_dir(name)
         _merge(gi, sub, _hex(child), _hex(child_meta))
 
 
@@ -205,7 +229,7 @@ def write_image_commit(
             mtree = OSTree.MutableTree.new()
             for layer in layers:
                 _, layer_commit = gi.load_variant(OSTree.ObjectType.COMMIT, layer)
-                _merge(gi, mtree, *_root_of(gi, layer_commit))
+                _merge(gi, mtree, *_root_of(gi, layer_commit), root=True)
             _, root = gi.write_mtree(mtree, None)
             want = _root_of(gi, variant)
             got = (root.tree_get_contents_checksum(), root.tree_get_metadata_checksum())

@@ -21,7 +21,7 @@ from typing import Any
 
 from apt_ostree import keys, ostree, ostree_container
 from apt_ostree.compose import chunking
-from apt_ostree.container import oci
+from apt_ostree.container import oci, view
 from apt_ostree.container.proxy import registries_options
 from apt_ostree.container.tarlayer import Blob, write_layer
 from apt_ostree.errors import UsageError
@@ -98,6 +98,7 @@ def _config(info: ostree.CommitInfo, blobs: list[Blob], names: list[str]) -> dic
         oci.LABEL_COMMIT: info.checksum,
         oci.LABEL_BOOTABLE: "true",
         oci.LABEL_BOOTC: "1",
+        oci.LABEL_COMMIT_LAYER: blobs[-1].diff_id,
     }
     if info.version:
         labels[oci.LABEL_VERSION] = info.version
@@ -167,6 +168,7 @@ def _write(
     layout.create()
     with progress.step(f"Reading the tree of {info.checksum[:12]}"):
         entries = list(ostree_container.walk_commit(repo, info.checksum))
+        entries += _var_view(repo, info.checksum, entries)
         sources = chunking.status_sources(entries, lambda c: _read(repo, c))
         owned = chunking.owners(entries, sources, lambda c: _read(repo, c))
         counts = chunking.changes(_history(repo, info), sources)
@@ -205,6 +207,20 @@ def _write(
     return EncapsulateResult(info.checksum, desc.digest, len(blobs), total)
 
 
+def _var_view(
+    repo: ostree.Repo, checksum: str, entries: list[ostree_container.Entry]
+) -> list[ostree_container.Entry]:
+    """/var in the container view (`view`): what the tree's tmpfiles.d lines make there."""
+    if any(e.path.startswith("var/") for e in entries):
+        raise UsageError(
+            f"commit {checksum} has files in /var: not an apt-ostree tree (a commit's /var is"
+            " empty, its content made at boot from tmpfiles.d)"
+        )
+    confs = {e.path: e.checksum for e in entries if e.kind == "file"}
+    texts = [_read(repo, confs[p]).decode(errors="replace") for p in view.TMPFILES if p in confs]
+    return view.var_entries(texts)
+
+
 def _write_layers(
     repo: ostree.Repo, checksum: str, layers: list[chunking.Layer], work: Path, progress: Progress
 ) -> list[Blob]:
@@ -213,7 +229,7 @@ def _write_layers(
     def one(index: int, layer: chunking.Layer) -> Blob:
         blob = write_layer(
             work / f"{index}.tar.gz",
-            layer.entries,
+            view.in_view(layer.entries),
             lambda c: ostree_container.open_content(repo, c),
         )
         done[0] += 1

@@ -620,6 +620,18 @@ def tmpfiles_line(
     return f"{kind} {tmpfiles_quote(path)} {mode} {user} {group} - {arg}"
 
 
+def tmpfiles_fields(text: str) -> Iterator[list[str]]:
+    """The lines of a tmpfiles.d fragment as their seven fields ("-" for those left out)."""
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            try:
+                fields = shlex.split(line)
+            except ValueError:
+                continue
+            if len(fields) >= 2:
+                yield (fields + ["-"] * 7)[:7]
+
+
 def _line_path(line: str) -> str | None:
     try:
         fields = shlex.split(line, comments=False)

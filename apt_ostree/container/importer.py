@@ -16,7 +16,7 @@ import json
 import tarfile
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ class Image:
     version: str | None
     layers: tuple[oci.Descriptor, ...]  # the tree's layers, in order
     commit_layer: oci.Descriptor
+    derived: tuple[oci.Descriptor, ...] = ()  # added by a Containerfile `FROM` the image
 
 
 def _ref(prefix: str, digest: str) -> str:
@@ -68,7 +69,9 @@ def skopeo_options(reference: ImageReference, etc: Path | None) -> list[str]:
 def _parse(reference: ImageReference, digest: str, manifest: bytes, config: bytes) -> Image:
     try:
         doc = json.loads(manifest)
-        labels: Mapping[str, str] = json.loads(config).get("config", {}).get("Labels") or {}
+        conf = json.loads(config)
+        labels: Mapping[str, str] = conf.get("config", {}).get("Labels") or {}
+        diff_ids = list(conf.get("rootfs", {}).get("diff_ids") or [])
         layers = [oci.Descriptor.of(d) for d in doc["layers"]]
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ImageError(f"{reference}: malformed manifest or config: {e}") from e
@@ -82,18 +85,17 @@ def _parse(reference: ImageReference, digest: str, manifest: bytes, config: byte
         i for i, d in enumerate(layers)
         if (d.annotations or {}).get(oci.ANNOTATION_COMMIT_LAYER) == checksum
     ]  # fmt: skip
+    diff_id = labels.get(oci.LABEL_COMMIT_LAYER)
+    if not marked and diff_id in diff_ids and len(diff_ids) == len(layers):
+        marked = [diff_ids.index(diff_id)]
     if not marked:
         raise ImageError(f"{reference}: no layer holds its ostree commit {checksum}")
-    if marked[0] != len(layers) - 1:
-        raise ImageError(
-            f"{reference}: {len(layers) - 1 - marked[0]} layers were added on top of the"
-            " ostree commit (an image built FROM this one): derived images are not supported"
-            " yet"
-        )
+    index = marked[0]
     version = labels.get(oci.LABEL_VERSION) or labels.get("version")
     return Image(
-        str(reference), digest, manifest, checksum, version, tuple(layers[:-1]), layers[-1]
-    )
+        str(reference), digest, manifest, checksum, version,
+        tuple(layers[:index]), layers[index], tuple(layers[index + 1 :]),
+    )  # fmt: skip
 
 
 def _open(proxy: ImageProxy, reference: ImageReference) -> int:
@@ -134,34 +136,82 @@ def commit_metadata(reference: ImageReference, etc: Path | None) -> tuple[Image,
     return image, ostree_container.commit_metadata(commit)
 
 
+Derive = Callable[[Image, Sequence[str]], str]
+
+
+@dataclass(frozen=True)
+class Pulled:
+    image: Image
+    checksum: str  # what to deploy: the image's commit, or the one made of its derived layers
+
+
 def pull(
-    repo: ostree.Repo, reference: ImageReference, etc: Path | None, progress: Progress
-) -> Image:
-    """Fetch the layers the repository lacks and write the image's commit; the image."""
+    repo: ostree.Repo,
+    reference: ImageReference,
+    etc: Path | None,
+    progress: Progress,
+    derive: Derive | None = None,
+) -> Pulled:
+    """Fetch the layers the repository lacks and write the image's commit. For a derived
+    image, `derive(image, commits of the derived layers)` makes the commit to deploy (once:
+    a digest pulled before gives the commit recorded then)."""
     with image_proxy(skopeo_options(reference, etc)) as proxy:
         image_id = _open(proxy, reference)
         with progress.step(f"Reading the manifest of {reference}"):
             image = _inspect(proxy, image_id, reference)
-        # the layers are fetched even when the commit is there already (a machine moving
-        # from an ostree remote to the image of the same commit), so that its next upgrade
-        # fetches only the layers that changed
-        layers = _fetch_layers(repo, proxy, image_id, image, progress)
-        with progress.step(f"Writing commit {image.checksum[:12]}"):
-            commit, detached = _commit_object(proxy, image_id, image)
-            ostree_container.write_image_commit(repo, image.checksum, commit, detached, layers)
-    _record(repo, image)
-    return image
+        if image.derived and derive is None:
+            raise ImageError(f"{reference}: a derived image is deployed on a sysroot only")
+        built = recorded_commit(repo, image.digest) if image.derived else None
+        if built is not None:
+            return Pulled(image, built)
+        had = {r for r in repo.list_refs() if r.startswith(BLOB_PREFIX)}
+        try:
+            checksum = _pull(repo, proxy, image_id, image, progress, derive)
+        except BaseException:
+            # a pull that fails leaves the repository's refs as they were (the objects of
+            # the layers it fetched go at the next cleanup)
+            for ref in repo.list_refs():
+                if ref.startswith(BLOB_PREFIX) and ref not in had:
+                    repo.set_ref(ref, None)
+            raise
+    _record(repo, image, checksum)
+    return Pulled(image, checksum)
+
+
+def _pull(
+    repo: ostree.Repo,
+    proxy: ImageProxy,
+    image_id: int,
+    image: Image,
+    progress: Progress,
+    derive: Derive | None,
+) -> str:
+    # the layers are fetched even when the commit is there already (a machine moving from an
+    # ostree remote to the image of the same commit), so that its next upgrade fetches only
+    # the layers that changed
+    layers = _fetch_layers(repo, proxy, image_id, image.layers + image.derived, progress)
+    with progress.step(f"Writing commit {image.checksum[:12]}"):
+        commit, detached = _commit_object(proxy, image_id, image)
+        base = layers[: len(image.layers)]
+        ostree_container.write_image_commit(repo, image.checksum, commit, detached, base)
+    if derive is not None and image.derived:
+        return derive(image, layers[len(image.layers) :])
+    return image.checksum
 
 
 def _fetch_layers(
-    repo: ostree.Repo, proxy: ImageProxy, image_id: int, image: Image, progress: Progress
+    repo: ostree.Repo,
+    proxy: ImageProxy,
+    image_id: int,
+    descriptors: Sequence[oci.Descriptor],
+    progress: Progress,
 ) -> list[str]:
     """The layer commits, in order: fetched and imported where missing."""
-    have = {d.digest: repo.resolve_ref(_ref(BLOB_PREFIX, d.digest)) for d in image.layers}
-    missing = [d for d in image.layers if have[d.digest] is None]
+    have = {d.digest: repo.resolve_ref(_ref(BLOB_PREFIX, d.digest)) for d in descriptors}
+    missing = list({d.digest: d for d in descriptors if have[d.digest] is None}.values())
     total = sum(d.size for d in missing)
     progress.message(
-        f"    {len(missing)} of {len(image.layers) + 1} layers to fetch, {human_size(total)}"
+        f"    {len(missing)} of {len(descriptors) + 1} layers to fetch, {human_size(total)}"
     )
     done = [0]
     start = time.monotonic()
@@ -177,7 +227,7 @@ def _fetch_layers(
         progress.download(done[0], total, done[0] / max(time.monotonic() - start, 1e-3), final=True)
     for desc in missing:
         have[desc.digest] = repo.resolve_ref(_ref(BLOB_PREFIX, desc.digest))
-    return [str(have[d.digest]) for d in image.layers]
+    return [str(have[d.digest]) for d in descriptors]
 
 
 def _import_layer(
@@ -215,10 +265,10 @@ def _commit_object(proxy: ImageProxy, image_id: int, image: Image) -> tuple[byte
     return found["commit"], found.get("commitmeta")
 
 
-def _record(repo: ostree.Repo, image: Image) -> None:
+def _record(repo: ostree.Repo, image: Image, checksum: str) -> None:
     metadata = {
         KEY_MANIFEST: image.manifest.decode(),
-        KEY_COMMIT: image.checksum,
+        KEY_COMMIT: checksum,
         KEY_REFERENCE: image.reference,
     }
     with tempfile.TemporaryDirectory(dir=repo.path / "tmp") as empty:
@@ -229,6 +279,13 @@ def _record(repo: ostree.Repo, image: Image) -> None:
             metadata=metadata,
             timestamp=0,
         )
+
+
+def recorded_commit(repo: ostree.Repo, digest: str) -> str | None:
+    """The commit made from the image `digest` when it was pulled, if it is still here."""
+    ref = repo.resolve_ref(_ref(MANIFEST_PREFIX, digest))
+    commit = repo.read_commit(ref).metadata.get(KEY_COMMIT) if ref else None
+    return str(commit) if commit and repo.has_commit(str(commit)) else None
 
 
 def image_digests(repo: ostree.Repo) -> dict[str, str]:

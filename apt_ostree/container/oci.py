@@ -27,6 +27,9 @@ LABEL_BOOTC = "containers.bootc"
 LABEL_VERSION = "org.opencontainers.image.version"
 ANNOTATION_COMPONENTS = "org.aptostree.components"  # a layer's components, space-separated
 ANNOTATION_COMMIT_LAYER = "org.aptostree.ostree-commit"  # on the layer that holds the commit
+# the diff_id of that layer: container engines drop layer annotations in a derived image,
+# its config keeps the base's labels
+LABEL_COMMIT_LAYER = "org.aptostree.ostree-commit-layer"
 
 
 def dumps(doc: Mapping[str, Any]) -> bytes:

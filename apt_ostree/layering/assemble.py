@@ -50,7 +50,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shlex
 import shutil
 import stat
 import subprocess
@@ -285,7 +284,8 @@ def _var_skeleton(lower: Path, var: Path) -> None:
     """/var as systemd-tmpfiles would make it at boot from the base's own lines (the `d`,
     `L` and `C` lines compose writes), so maintainer scripts find /var/lib, /var/log ..."""
     confs = (postprocess.SYSIMAGE_CONF, postprocess.VAR_CONF)
-    for line in (ln for c in confs if (lower / c).is_file() for ln in _lines(lower / c)):
+    texts = [(lower / c).read_text(errors="replace") for c in confs if (lower / c).is_file()]
+    for line in (ln for text in texts for ln in postprocess.tmpfiles_fields(text)):
         kind, path, mode, user, group, _age, arg = line
         if not path.startswith("/var/") or ".." in path.split("/"):
             continue
@@ -323,14 +323,6 @@ def _mkdir_parents_inside(top: Path, dest: Path) -> bool:
         if not current.exists():
             current.mkdir(mode=0o755)
     return True
-
-
-def _lines(conf: Path) -> Iterator[list[str]]:
-    for text in conf.read_text(errors="replace").splitlines():
-        if text.strip() and not text.startswith("#"):
-            fields = shlex.split(text)
-            if len(fields) >= 2:
-                yield (fields + ["-"] * 7)[:7]
 
 
 def _copy_dir_meta(source: Path, dest: Path) -> None:
@@ -659,7 +651,7 @@ def _clean_upper(layer: _Layer) -> None:
         var.rmdir()  # the /var mount point, copied up
 
 
-def _ensure_dir(upper: Path, lower: Path, rel: str) -> None:
+def ensure_dir(upper: Path, lower: Path, rel: str) -> None:
     """Make the folders of `rel` that the lower has in the upper, with the lower's metadata."""
     path = Path()
     for part in Path(rel).parts:
@@ -700,10 +692,15 @@ def _outside(upper: Path) -> None:
 
 
 def _translate(layer: _Layer) -> None:
-    """The layer in the commit's layout, with compose's own steps (postprocess.py)."""
-    upper, lower = layer.upper, layer.lower
     _strip(layer.var_upper)
-    os.rename(layer.var_upper, upper / "var")
+    translate(layer.upper, layer.lower, layer.var_upper)
+
+
+def translate(upper: Path, lower: Path, var: Path, conf: str = LAYER_VAR_CONF) -> None:
+    """A layer `upper` on the tree `lower` in the commit's layout, with compose's own steps
+    (postprocess.py): `var`, the layer's /var, becomes tmpfiles.d lines (in the fragment
+    `conf`) and factory files; files outside /usr and /var are refused (LayeringError)."""
+    os.rename(var, upper / "var")
     _outside(upper)
     try:
         postprocess.check_usr_local(upper, upper / "var/usrlocal")
@@ -711,14 +708,14 @@ def _translate(layer: _Layer) -> None:
         raise LayeringError(f"cannot layer: {e}") from e
     opt = upper / "var/opt"
     if opt.is_dir() and not opt.is_symlink() and any(opt.iterdir()):
-        _ensure_dir(upper, lower, postprocess.USR_OPT)
+        ensure_dir(upper, lower, postprocess.USR_OPT)
         for name in postprocess.move_opt_content(upper, opt):
             (opt / name).symlink_to(f"../../{postprocess.USR_OPT}/{name}")
     postprocess.drop_machine_files(upper, etc="usr/etc")
     postprocess.drop_var_state(upper)
-    _ensure_dir(upper, lower, f"{postprocess.FACTORY}/var")
-    _ensure_dir(upper, lower, postprocess.TMPFILES_DIR)
-    own = upper / LAYER_VAR_CONF
+    ensure_dir(upper, lower, f"{postprocess.FACTORY}/var")
+    ensure_dir(upper, lower, postprocess.TMPFILES_DIR)
+    own = upper / conf
     covered = postprocess.covered_paths(lower) | postprocess.covered_paths(upper, (own,))
     covered |= {"/" + v for v, _ in postprocess.SYSIMAGE_MOVES}
     lines = postprocess.var_lines(upper, _accounts(upper, lower), covered)

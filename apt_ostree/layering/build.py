@@ -233,12 +233,18 @@ def refresh(
 
 
 def regenerate_initramfs(
-    sysroot: ostree.Sysroot, commit: str, origin: Origin, *, progress: Progress
+    sysroot: ostree.Sysroot,
+    commit: str,
+    origin: Origin,
+    *,
+    progress: Progress,
+    client_layer: bool = True,
 ) -> str:
     """A commit of `commit` with its initramfs rebuilt by the tree's own dracut, with the
     origin's arguments (`initramfs --enable --arg ...`). dracut runs in bubblewrap on the
     hardlinked checkout bound read-only (its files are the repository's objects) and writes
-    to a scratch folder; only the new initramfs.img is committed on top."""
+    to a scratch folder; only the new initramfs.img is committed on top. Without
+    `client_layer` (a derived image's kernel) the commit is a base, not a layer on one."""
     repo = sysroot.repo
     workdir = Path(
         tempfile.mkdtemp(prefix="apt-ostree-initramfs-", dir=sysroot.path / "ostree/repo/tmp")
@@ -281,7 +287,9 @@ def regenerate_initramfs(
                     **info.metadata,
                     keys.BASE_CHECKSUM: info.metadata.get(keys.BASE_CHECKSUM, commit),
                     keys.CLIENTLAYER: True,
-                },
+                }
+                if client_layer
+                else info.metadata,
                 timestamp=info.timestamp,
             )
     finally:

@@ -14,6 +14,7 @@ import pytest
 
 from apt_ostree.container import oci
 from apt_ostree.system.requests import Rebase, Upgrade
+from tests.support.debs import DebSpec, Dir, build_deb
 from tests.support.images import Images
 from tests.support.registry import Registry, registry
 from tests.support.sysroots import Machine, Recorder, cli, ok
@@ -94,7 +95,7 @@ def test_rebase_to_an_oci_layout_then_upgrade_by_tag_fetches_only_changed_layers
     assert booted["origin"] == ref
     assert booted["container-image-reference"] == ref
     assert booted["container-image-reference-digest"] == inspect(f"oci:{tagged}:1.0")["Digest"]
-    origin = next(machine.path.glob("ostree/deploy/test/deploy/*.origin")).read_text()
+    origin = Path(f"{machine.root()}.origin").read_text()  # the new deployment's
     assert f"container-image-reference={ref}" in origin
 
     assert "No upgrade available." in machine.change(Upgrade(check=True)).lines
@@ -140,8 +141,13 @@ def test_push_to_a_registry_rebase_and_a_registry_that_is_down(
     assert status["container-image-reference"] == f"ostree-unverified-registry:{name}:1.1"
     assert status["container-image-reference-digest"].startswith("sha256:")
 
-    running_registry.stop()
     before = machine.snapshot()
+    wrong = f"ostree-unverified-registry:{name}@sha256:{'0' * 64}"
+    by_digest = cli("rebase", *machine.args(), wrong, env=env)
+    assert by_digest.returncode == 1 and "sha256:000" in by_digest.error_line
+    assert machine.snapshot() == before
+
+    running_registry.stop()
     down = cli("upgrade", *machine.args(), env=env)
     assert down.returncode == 1
     assert name.split("/")[0] in down.error_line
@@ -193,3 +199,93 @@ def test_bad_images_change_nothing(
     assert error in result.error_line
     assert machine.snapshot() == before
     shutil.rmtree(tmp_path / "plain")
+
+
+DERIVED_DEB = DebSpec(
+    "derived-aot",
+    files={
+        "/usr/share/derived-aot/README": "added by a Containerfile\n",
+        "/etc/derived-aot.conf": "setting = 1\n",
+        "/var/lib/derived-aot": Dir(),
+    },
+)
+CONTAINERFILE = """\
+FROM oci:{layout}:1.1
+COPY derived-aot_1.0_all.deb /tmp/
+RUN dpkg -i /tmp/derived-aot_1.0_all.deb && rm /tmp/derived-aot_1.0_all.deb \\
+    && echo state > /var/lib/derived-aot/state && echo x > /etc/machine-id \\
+    && rm /usr/share/doc/hello-aot-doc/changelog.Debian.gz
+"""
+OUTSIDE = """\
+FROM oci:{layout}:1.1
+RUN mkdir /data && echo x > /data/file
+"""
+
+
+def buildah(store: Path, *args: str) -> str:
+    """Debian's buildah with storage of its own in `store`: chroot isolation, no daemon."""
+    argv = ["buildah", "--root", str(store / "root"), "--runroot", str(store / "run"),
+            "--storage-driver", "overlay", *args]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def derived(layout: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An OCI layout with two images built by buildah FROM test/os 1.1: `derived` installs a
+    package with dpkg, writes /var and /etc and deletes a file of the base; `outside` writes
+    a folder at / that a deployment cannot have."""
+    top = tmp_path_factory.mktemp("derived")
+    context = top / "context"
+    build_deb(DERIVED_DEB, context)
+    (context / "Containerfile").write_text(CONTAINERFILE.format(layout=layout))
+    (context / "Outside").write_text(OUTSIDE.format(layout=layout))
+    for tag, containerfile in (("derived", "Containerfile"), ("outside", "Outside")):
+        buildah(top / "store", "bud", "--isolation", "chroot", "--quiet",
+                "-f", str(context / containerfile), "-t", tag, str(context))  # fmt: skip
+        buildah(top / "store", "push", "--quiet", tag, f"oci:{top / 'layout'}:{tag}")
+    yield top / "layout"
+    buildah(top / "store", "rmi", "--all", "--force")
+    shutil.rmtree(top / "store", ignore_errors=True)
+
+
+def test_rebase_to_a_derived_image_built_by_buildah(
+    machine: Machine, images: Images, derived: Path
+) -> None:
+    ref = f"{UNVERIFIED_OCI}{derived}:derived"
+    outcome = machine.change(Rebase(refspec=ref))
+    assert outcome.deployed and outcome.diff is not None
+    assert "derived-aot" in [c.name for c in outcome.diff.added]  # the machine was at 1.0
+    booted = machine.status()[0]
+    assert booted["checksum"] != images.checksum("1.1")
+    assert booted["container-image-reference-digest"] == inspect(f"oci:{derived}:derived")["Digest"]
+    root = machine.root()
+    assert (root / "usr/share/derived-aot/README").read_text() == "added by a Containerfile\n"
+    assert (root / "usr/etc/derived-aot.conf").is_file()  # /etc as the image keeps it
+    assert not (root / "usr/share/doc/hello-aot-doc/changelog.Debian.gz").exists()  # a whiteout
+    assert not (root / "usr/etc/hosts").exists() or (root / "usr/etc/hosts").stat().st_size
+    conf = (root / "usr/lib/tmpfiles.d/apt-ostree-derived-var.conf").read_text()
+    assert "/var/lib/derived-aot" in conf  # /var content recreated at boot
+    assert (root / "usr/share/factory/var/lib/derived-aot/state").read_text() == "state\n"
+    machine_id = root / "usr/etc/machine-id"
+    assert not machine_id.exists() or machine_id.read_text() != "x\n"  # the base's, if any
+    assert not list(root.glob("var/lib/*"))  # a deployment's /var is the machine's
+    status = (root / "usr/lib/sysimage/dpkg/status").read_text()
+    assert "Package: derived-aot" in status
+
+    assert "No upgrade available." in machine.change(Upgrade(check=True)).lines
+    again = machine.change(Upgrade())  # the digest was made into a commit once
+    assert not again.changed
+    machine.fsck()
+
+
+def test_a_derived_image_with_files_outside_usr_changes_nothing(
+    machine: Machine, derived: Path
+) -> None:
+    before = machine.snapshot()
+    result = cli("rebase", *machine.args(), f"{UNVERIFIED_OCI}{derived}:outside")
+    assert result.returncode == 1, result.stderr
+    assert "the derived image cannot boot" in result.error_line
+    assert "/data/file" in result.error_line
+    assert machine.snapshot() == before

@@ -1,6 +1,6 @@
 """Deployments benchmark (issue 3): upgrade bytes, rollback time, `db diff` without checkout.
 
-1. Upgrade where one small package changed in a minimal image: examples/minimal.yaml plus
+1. Upgrade where one small package changed in a minimal image: examples/minimal-bookworm.yaml plus
    `bench-hello` from a local signed apt repository, 1.0 then 1.1 (one ~20 kB file changed),
    composed into an archive repository served on loopback HTTP (tests.support.httpd counts the
    body bytes it sends). Baseline, in the same run: the full pull of the image by `init`.
@@ -99,9 +99,11 @@ def hello(version: str, seed: int) -> DebSpec:
 
 
 def write_treefile(work: Path, apt: AptRepo) -> Path:
-    """examples/minimal.yaml plus bench-hello; `repos` replaces the host's sources, so the
-    host's Debian sources are rendered in at run time (no mirror is written in this file)."""
-    shutil.copy(ROOT / "examples/minimal.yaml", work / "minimal.yaml")
+    """examples/minimal-bookworm.yaml (SUITE) plus bench-hello; `repos` replaces the host's
+    sources, so the host's Debian sources are rendered in at run time (no mirror is written
+    in this file)."""
+    for name in ("minimal.yaml", "minimal-bookworm.yaml"):
+        shutil.copy(ROOT / "examples" / name, work / name)
     repos: list[dict[str, object]] = [
         {
             "uris": list(e.uris),
@@ -119,7 +121,7 @@ def write_treefile(work: Path, apt: AptRepo) -> Path:
             "signed-by": str(apt.keyring),
         }
     )
-    data = {"include": "minimal.yaml", "repos": repos, "packages": ["bench-hello"]}
+    data = {"include": "minimal-bookworm.yaml", "repos": repos, "packages": ["bench-hello"]}
     path = work / "bench.json"
     path.write_text(json.dumps(data, indent=2))
     return path
@@ -407,7 +409,7 @@ def report(up: UpgradeResult, rb: dict[int, list[float]], diff: DiffResult, roun
         "",
         f"{machine_line()}; medians of {rounds} round(s) ({rb_rounds} for rollback).",
         "",
-        "### Upgrade bytes: one small package changed in examples/minimal.yaml",
+        "### Upgrade bytes: one small package changed in examples/minimal-bookworm.yaml",
         "",
         f"bench-hello 1.0 -> 1.1 (one {PAYLOAD_SIZE // 1024} kiB file of random bytes changed;"
         f" .deb {mib(up.deb_bytes)}). `ostree diff` between the commits: {up.changed_files}"

@@ -300,3 +300,28 @@ def image_digests(repo: ostree.Repo) -> dict[str, str]:
             if commit:
                 found[str(commit)] = ref.removeprefix(MANIFEST_PREFIX).replace("_", ":", 1)
     return found
+
+
+def prune_refs(repo: ostree.Repo, keep: set[str]) -> int:
+    """Drop the images whose commit is not in `keep` (the commits deployments run, and their
+    bases), and the layers no remaining image lists; how many layers went. Their objects go
+    at the prune that follows."""
+    manifests: dict[str, dict[str, Any]] = {}
+    for ref in repo.list_refs():
+        checksum = repo.resolve_ref(ref) if ref.startswith(MANIFEST_PREFIX) else None
+        if checksum is not None:
+            manifests[ref] = dict(repo.read_commit(checksum).metadata)
+    wanted: set[str] = set()
+    for ref, metadata in manifests.items():
+        if metadata.get(KEY_COMMIT) not in keep:
+            repo.set_ref(ref, None)
+            continue
+        try:
+            layers = json.loads(str(metadata.get(KEY_MANIFEST, "")))["layers"]
+            wanted.update(_ref(BLOB_PREFIX, str(d["digest"])) for d in layers)
+        except (ValueError, KeyError, TypeError):
+            continue
+    dropped = [r for r in repo.list_refs() if r.startswith(BLOB_PREFIX) and r not in wanted]
+    for ref in dropped:
+        repo.set_ref(ref, None)
+    return len(dropped)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from apt_ostree import ostree
 from apt_ostree.aptpkg.dpkg import version_compare
+from apt_ostree.container import importer
 from apt_ostree.container.imageref import ImageReference
 from apt_ostree.errors import DeploymentError, UsageError
 from apt_ostree.layering.build import remove_base_trees
@@ -257,12 +258,19 @@ def cleanup(system: System, request: Cleanup) -> Outcome:
             system.sysroot.write_order(keep)
         # first: the cached base checkout keeps its objects' data alive
         base_removed = request.base and remove_base_trees(system.sysroot.path, system.osname())
+        layers = 0
+        if request.base:
+            running = {d.checksum for d in keep}
+            running |= {system.commit(c).base_checksum for c in running}
+            layers = importer.prune_refs(system.repo, running)
         if request.base or request.repomd or keep != all_:
             # one prune serves all three: dropped deployments' trees, objects nothing
             # references, and commit objects fetched only for --check/--preview/versions
             system.sysroot.cleanup()
         if base_removed:
             lines.append("Removed the cached checkout of the base")
+        if layers:
+            lines.append(f"Removed {layers} image layers no deployment uses")
         if request.base:
             lines.append("Pruned unreferenced objects")
         if request.repomd:

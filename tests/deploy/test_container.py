@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from apt_ostree.container import oci
-from apt_ostree.system.requests import Rebase, Upgrade
+from apt_ostree.system.requests import Cleanup, Rebase, Upgrade
 from tests.support.debs import DebSpec, Dir, build_deb
 from tests.support.images import Images
 from tests.support.registry import Registry, registry
@@ -118,6 +118,15 @@ def test_rebase_to_an_oci_layout_then_upgrade_by_tag_fetches_only_changed_layers
         == inspect(f"oci:{tagged}:1.1")["Digest"]
     )
     assert (machine.root() / "usr/share/doc/hello-aot").exists()
+
+    # cleanup -r -b: the images no deployment runs go, and the layers only they listed
+    machine.change(Cleanup(rollback=True, base=True))
+    refs = subprocess.run(["ostree", "refs", f"--repo={machine.path}/ostree/repo"],
+                          capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    blobs = {r.rpartition("/")[2].replace("_", ":") for r in refs if "/container/blob/" in r}
+    layers = list(inspect(f"oci:{tagged}:1.1")["Layers"])  # type: ignore[call-overload]
+    assert blobs == set(layers[:-1])  # all but the commit layer, which is not imported
+    assert len([r for r in refs if "/container/manifest/" in r]) == 1
     machine.fsck()
 
 

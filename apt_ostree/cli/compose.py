@@ -85,6 +85,12 @@ def register(verbs: Any, *, help: str) -> None:
     tree.add_argument(
         "--print-only", action="store_true", help="print the flattened treefile, compose nothing"
     )
+    tree.add_argument(
+        "--container-image",
+        metavar="IMAGE",
+        help="then write the commit as a container image: oci:DIR[:TAG], oci-archive:FILE[:TAG]"
+        " or docker://REF (as container-encapsulate)",
+    )
     tree.set_defaults(func=cmd_tree)
     _register_static_delta(sub)
     commit = sub.add_parser("commit", help="postprocess and commit a rootfs made by another tool")
@@ -196,12 +202,28 @@ def cmd_tree(args: argparse.Namespace) -> int:
         move_ref=args.write_commitid_to is None,
     )
     _check_key_file(args.sign_ed25519)
-    result = compose_tree(treefile, options, TerminalProgress(sys.stderr))
+    if args.container_image is not None:
+        container_mod.Target.parse(args.container_image)  # a bad IMAGE fails before composing
+    progress = TerminalProgress(sys.stderr)
+    result = compose_tree(treefile, options, progress)
     _print_result(result)
+    image = None
+    if args.container_image is not None and not args.dry_run and result.checksum:
+        # unchanged too: the same commit gives the same image, and a pipeline run again
+        # makes sure the registry has it
+        image = container_mod.encapsulate(
+            args.repo.absolute(), result.checksum, args.container_image, progress
+        )
+        print(f"Wrote {args.container_image}")
+        print(f"  manifest: {image.manifest_digest}")
     if args.write_commitid_to is not None and result.changed and result.checksum:
         args.write_commitid_to.write_text(result.checksum + "\n")
     if args.write_composejson_to is not None and not args.dry_run:
-        args.write_composejson_to.write_text(json.dumps(_compose_json(result), indent=2) + "\n")
+        composed = _compose_json(result)
+        if image is not None:
+            composed["container-image"] = args.container_image
+            composed["container-image-manifest-digest"] = image.manifest_digest
+        args.write_composejson_to.write_text(json.dumps(composed, indent=2) + "\n")
     if not result.changed and not args.dry_run and args.unchanged_exit_77:
         raise UnchangedError(f"{result.ref}: nothing changed")
     return 0

@@ -50,6 +50,22 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> GroupSche
     return GroupScheduling(config, log) if config.getvalue("dist") == "loadgroup" else None
 
 
+_GROUP_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Add up each group's time (setup, call and teardown of its tests): with one worker
+    per group, the longer sum is about the suite's wall time."""
+    group = xdist_group(report.nodeid)
+    _GROUP_SECONDS[group] = _GROUP_SECONDS.get(group, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _GROUP_SECONDS:
+        times = ", ".join(f"{g} {s:.0f} s" for g, s in sorted(_GROUP_SECONDS.items()))
+        terminalreporter.write_line(f"time of the tests by xdist group: {times}")
+
+
 @pytest.fixture(scope="session")
 def gpg_test_key() -> GpgKey:
     """The session's repository signing key (the default key of every AptRepo)."""

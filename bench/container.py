@@ -36,9 +36,11 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from apt_ostree.container import oci
 from apt_ostree.ostree import remove_sysroot as remove_tree
 from bench.common import APT_OSTREE, machine_line, timed, write_section
 from bench.deploy import EPOCH, compose, hello, init, mib, ostree, write_treefile
@@ -49,6 +51,7 @@ from tests.support.registry import registry
 IMPORT = """\
 import sys
 from pathlib import Path
+from typing import Any
 from apt_ostree import ostree
 from apt_ostree.container import importer
 from apt_ostree.container.imageref import ImageReference
@@ -121,6 +124,15 @@ def counted_registry(work: Path) -> Iterator[tuple[str, dict[str, str], Counting
             proxy.close()
 
 
+def manifest_layers(image: str, env: dict[str, str]) -> list[dict[str, Any]]:
+    raw = subprocess.run(
+        ["skopeo", "--registries-conf", env["CONTAINERS_REGISTRIES_CONF"], "inspect", "--raw",
+         image],
+        capture_output=True, text=True, check=True, env={**os.environ, **env},
+    ).stdout  # fmt: skip
+    return list(json.loads(raw)["layers"])
+
+
 def storage_blobs(work: Path) -> dict[str, int]:
     """The blobs the registry stores: digest -> size."""
     root = work / "registry/storage/docker/registry/v2/blobs/sha256"
@@ -158,6 +170,7 @@ class Results:
     clients_seconds: float = 0.0
     clients_bytes: int = 0
     clients_checksums: int = 0
+    new_layers: list[tuple[str, int]] = field(default_factory=list)  # in the recompose
 
 
 def encapsulate(repo: Path, ref: str, image: str, env: dict[str, str] | None = None) -> float:
@@ -211,7 +224,13 @@ def run_bench(work: Path, clients: int) -> Results:
         compose(work, treefile, "compose bench-hello 1.1", EPOCH + 86400)
         new = ostree(repo, "rev-parse", ref).strip()
         before = storage_blobs(work)
+        old_layers = manifest_layers(f"docker://{name}:stable", env)
         encapsulate(repo, new, f"docker://{name}:stable", env)
+        r.new_layers = [
+            (str((d.get("annotations") or {}).get(oci.ANNOTATION_COMPONENTS, "commit")), d["size"])
+            for d in manifest_layers(f"docker://{name}:stable", env)
+            if d["digest"] not in {o["digest"] for o in old_layers}
+        ]
         after = storage_blobs(work)
         added = {d: s for d, s in after.items() if d not in before}
         r.push_blobs, r.push_bytes = len(added), sum(added.values())
@@ -302,6 +321,8 @@ def report(r: Results) -> None:
         f" ({mib(r.clients_bytes)} in all) | | | |",
         f"| {r.clients} clients: distinct checksums | {r.clients_checksums} | | | 1 |",
     ]
+    new = ", ".join(f"{name} {mib(size)}" for name, size in r.new_layers)
+    lines += ["", f"Layers new in the recompose (the upgrade fetches these): {new}."]
     text = "\n".join(lines)
     print(text)
     write_section("container", text)

@@ -31,10 +31,14 @@ from apt_ostree.ostree_container import Entry
 COMPONENT_XATTR = b"user.component"
 ROOTFS = "rootfs"  # directories and files no package owns
 INITRAMFS = "initramfs"
-SYSIMAGE = "sysimage"  # dpkg's, apt's and debconf's state
+SYSIMAGE = "sysimage"  # dpkg's and apt's state: changes with any package
+# debconf's: its templates.dat is the largest file of the state and changes only with a
+# package's templates, so it travels apart from the dpkg status that every update changes
+SYSIMAGE_DEBCONF = "sysimage-debconf"
+SPECIAL = (ROOTFS, INITRAMFS, SYSIMAGE, SYSIMAGE_DEBCONF)
 MAX_LAYERS = 64
 BUCKETS = 8
-MIN_LAYERS = BUCKETS + 5  # the buckets, the three special layers, the commit's, one more
+MIN_LAYERS = BUCKETS + len(SPECIAL) + 2  # the buckets, the special layers, the commit's, one more
 HISTORY_DEPTH = 32
 DPKG = "usr/lib/sysimage/dpkg"
 _USRMERGED = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -116,6 +120,8 @@ def component_of(entry: Entry, owned: Mapping[str, str]) -> str:
         return owned[entry.path]
     if entry.path.startswith("usr/lib/modules/") and entry.path.endswith("/initramfs.img"):
         return INITRAMFS
+    if entry.path.startswith("usr/lib/sysimage/debconf/"):
+        return SYSIMAGE_DEBCONF
     if entry.path.startswith("usr/lib/sysimage/"):
         return SYSIMAGE
     return ROOTFS
@@ -143,7 +149,7 @@ def assign(
 ) -> dict[str, str]:
     """Component -> layer name: the special components and, within the budget, the most
     changed then the largest components have their own layer; the rest share buckets."""
-    special = [c for c in (ROOTFS, INITRAMFS, SYSIMAGE) if c in sizes]
+    special = [c for c in SPECIAL if c in sizes]
     rest = sorted(
         (c for c in sizes if c not in special), key=lambda c: (-counts.get(c, 0), -sizes[c], c)
     )

@@ -99,8 +99,8 @@ def publish_apt_ostree(deb: Path, key: GpgKey, folder: Path = APT_OSTREE_DEBS) -
 
 
 def apt_ostree_treefile(folder: Path, debs: AptRepo) -> Path:
-    """examples/minimal.yaml plus apt-ostree: the host's Debian sources and the .deb's repo
-    (`publish_apt_ostree` into the same folder)."""
+    """examples/minimal.yaml plus apt-ostree (and skopeo, for container images): the host's
+    Debian sources and the .deb's repo (`publish_apt_ostree` into the same folder)."""
     host = [
         {"uris": list(e.uris), "suites": list(e.suites), "components": list(e.components),
          "signed-by": e.signed_by}
@@ -113,7 +113,7 @@ def apt_ostree_treefile(folder: Path, debs: AptRepo) -> Path:
         "include": str(EXAMPLES / "minimal.yaml"),
         "ref": APT_OSTREE_REF,
         "repos": [*host, ours],
-        "packages": ["apt-ostree"],
+        "packages": ["apt-ostree", "skopeo"],  # skopeo: apt-ostree recommends it (images)
     }
     treefile.write_text(json.dumps(data, indent=2) + "\n")
     return treefile

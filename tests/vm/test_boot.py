@@ -7,7 +7,12 @@ One guest session covers the scenarios in four boots (each costs about a minute 
 boot 1 checks the image and `status` (scenario 1), stages an upgrade (2) and layers a package
 from a repository on the host (3); boot 2 checks all three and rolls back (5) with a kernel
 argument; boot 3 checks the rollback and the argument, then unlocks /usr for good
-(`usroverlay --hotfix`, scenario 6's other half); boot 4 checks that the hotfix stayed."""
+(`usroverlay --hotfix`, scenario 6's other half); boot 4 checks that the hotfix stayed.
+
+Then container images (issue 14): the guest rebases to the image of the first version in
+Debian's docker-registry on the host's loopback, boots it (boot 5), upgrades by tag to the
+image of the second version, fetching only the layers that changed, boots it (boot 6) and
+rolls back."""
 
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ from tests.support import vm
 from tests.support.aptrepo import AptRepo, GpgKey
 from tests.support.debs import DebSpec, File
 from tests.support.httpd import serve_directory
+from tests.support.registry import Registry, registry
+from tests.support.sysroots import cli
 from tests.vm.conftest import ComposedRepo, build, serve_next
 
 pytestmark = [pytest.mark.vm, pytest.mark.network, pytest.mark.slow]
@@ -184,4 +191,60 @@ def test_status_upgrade_install_rollback_kargs(
             assert _booted(guest)["unlocked"] == "hotfix"
             again = guest.run("apt-ostree usroverlay --unchanged-exit-77", timeout=300)
             assert again.returncode == 77 and "already unlocked (hotfix)" in again.output
-            assert len(guest.boot_seconds) == 4
+
+            # boots 5 and 6 (issue 14): the machine follows an image in the host's registry
+            with registry(tmp_path / "registry") as reg:
+                _follow_an_image(guest, repo, reg, first, second, versions)
+            assert len(guest.boot_seconds) == 6
+
+
+def _encapsulate(repo: Path, checksum: str, image: str, reg: Registry) -> None:
+    pushed = cli("compose", "container-encapsulate", "--repo", repo, checksum, image, env=reg.env)
+    assert pushed.returncode == 0, pushed.stderr
+
+
+def _follow_an_image(
+    guest: vm.VM,
+    repo: Path,
+    reg: Registry,
+    first: str,
+    second: str,
+    versions: dict[str, str | None],
+) -> None:
+    """Rebase to the registry's image of the first version, boot it, upgrade by tag to the
+    second (only the layers that changed), boot it, then roll back."""
+    port = reg.host.rpartition(":")[2]
+    image = f"ostree-unverified-registry:{vm.HOST_FROM_GUEST}:{port}/test/os:stable"
+    _encapsulate(repo, first, f"docker://{reg.host}/test/os:stable", reg)
+    conf = f'[[registry]]\nlocation = "{vm.HOST_FROM_GUEST}:{port}"\ninsecure = true\n'
+    guest.check(
+        "mkdir -p /etc/containers/registries.conf.d && printf '%s' '"
+        + conf
+        + "' > /etc/containers/registries.conf.d/apt-ostree-test.conf"
+    )
+    rebased = guest.check(f"apt-ostree rebase {image}", timeout=1800)
+    assert "layers to fetch" in rebased, rebased
+    guest.reboot()
+    # boot 5: the same commit as from the ostree remote, now from the image
+    booted = _booted(guest)
+    assert booted["checksum"] == first and booted["container-image-reference"] == image
+    assert booted["container-image-reference-digest"].startswith("sha256:")
+    assert "Digest: sha256:" in guest.check("apt-ostree status")
+    assert guest.check("findmnt -no OPTIONS /usr").startswith("ro")  # no hotfix: a new tree
+
+    _encapsulate(repo, second, f"docker://{reg.host}/test/os:stable", reg)
+    check = guest.check("apt-ostree upgrade --check", timeout=600)
+    assert f"Update available: {second}" in check, check
+    upgraded = guest.check("apt-ostree upgrade", timeout=1200)
+    fetched, _, total = next(
+        line.split()[:3] for line in upgraded.splitlines() if "layers to fetch" in line
+    )
+    assert 0 < int(fetched) < int(total) / 2, upgraded
+    guest.reboot()
+    # boot 6: the second version, from the image's new tag
+    booted = _booted(guest)
+    assert booted["checksum"] == second and booted["version"] == versions[second]
+    assert guest.check("cat /usr/share/apt-ostree-test/marker") == "version two\n"
+    guest.check("apt-ostree rollback")
+    pending = _deployments(guest)[0]
+    assert pending["checksum"] == first and pending["container-image-reference"] == image

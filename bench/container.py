@@ -43,8 +43,7 @@ from typing import Any
 from apt_ostree.container import oci
 from apt_ostree.ostree import remove_sysroot as remove_tree
 from bench.common import APT_OSTREE, machine_line, timed, write_section
-from bench.deploy import EPOCH, compose, hello, init, mib, ostree, write_treefile
-from tests.support.aptrepo import AptRepo
+from bench.deploy import compose_hello_1_0, compose_hello_1_1, init, mib, ostree
 from tests.support.httpd import serve_directory
 from tests.support.registry import registry
 
@@ -180,14 +179,8 @@ def encapsulate(repo: Path, ref: str, image: str, env: dict[str, str] | None = N
 
 def run_bench(work: Path, clients: int) -> Results:
     r = Results()
-    apt = AptRepo(work / "apt", suite="bench", codename="bench")
-    apt.add(hello("1.0", 1))
-    apt.publish()
-    treefile = write_treefile(work, apt)
-    repo = work / "repo"
-    compose(work, treefile, "compose bench-hello 1.0", EPOCH)
-    ref = ostree(repo, "refs").split()[0]
-    old = ostree(repo, "rev-parse", ref).strip()
+    hello_image = compose_hello_1_0(work)
+    repo, ref, old = hello_image.repo, hello_image.ref, hello_image.old
 
     # 1. encapsulate vs ostree commit of the same tree
     r.encapsulate = encapsulate(repo, old, f"oci:{work / 'layout'}:1.0")
@@ -217,12 +210,8 @@ def run_bench(work: Path, clients: int) -> Results:
         remove_tree(work / "init")
 
         # 3. recompose with one package changed, push: only the changed layers go
-        apt.remove("bench-hello")
-        (deb,) = apt.add(hello("1.1", 2))
+        new, deb = compose_hello_1_1(work, hello_image)
         r.deb_bytes = deb.stat().st_size
-        apt.publish()
-        compose(work, treefile, "compose bench-hello 1.1", EPOCH + 86400)
-        new = ostree(repo, "rev-parse", ref).strip()
         before = storage_blobs(work)
         old_layers = manifest_layers(f"docker://{name}:stable", env)
         encapsulate(repo, new, f"docker://{name}:stable", env)

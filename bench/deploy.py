@@ -200,7 +200,18 @@ class UpgradeResult:
     new: str
 
 
-def upgrade_bench(work: Path) -> UpgradeResult:
+@dataclass(frozen=True)
+class HelloImage:
+    """The image with bench-hello 1.0, composed into work/repo: compose_hello_1_1 follows."""
+
+    apt: AptRepo
+    treefile: Path
+    repo: Path
+    ref: str
+    old: str
+
+
+def compose_hello_1_0(work: Path) -> HelloImage:
     apt = AptRepo(work / "apt", suite="bench", codename="bench")
     apt.add(hello("1.0", 1))
     apt.publish()
@@ -208,18 +219,28 @@ def upgrade_bench(work: Path) -> UpgradeResult:
     repo = work / "repo"
     compose(work, treefile, "compose bench-hello 1.0", EPOCH)
     ref = ostree(repo, "refs").split()[0]
-    old = ostree(repo, "rev-parse", ref).strip()
+    return HelloImage(apt, treefile, repo, ref, ostree(repo, "rev-parse", ref).strip())
+
+
+def compose_hello_1_1(work: Path, image: HelloImage) -> tuple[str, Path]:
+    """bench-hello 1.1 (one file changed) composed a day later: the new commit, the .deb."""
+    image.apt.remove("bench-hello")
+    (deb,) = image.apt.add(hello("1.1", 2))
+    image.apt.publish()
+    compose(work, image.treefile, "compose bench-hello 1.1", EPOCH + 86400)
+    return ostree(image.repo, "rev-parse", image.ref).strip(), deb
+
+
+def upgrade_bench(work: Path) -> UpgradeResult:
+    image = compose_hello_1_0(work)
+    repo, ref, old = image.repo, image.ref, image.old
     with serve_directory(repo) as server:
         full = []
         for name in ("plain", "delta"):
             server.reset_stats()
             init(work / name, server.url, ref, f"init (full pull) {name}")
             full.append(Transfer.of(server.stats))
-        apt.remove("bench-hello")
-        (deb,) = apt.add(hello("1.1", 2))
-        apt.publish()
-        compose(work, treefile, "compose bench-hello 1.1", EPOCH + 86400)
-        new = ostree(repo, "rev-parse", ref).strip()
+        new, deb = compose_hello_1_1(work, image)
         upgrade = [*APT_OSTREE, "upgrade", "--sysroot"]
         plain = counted(server, "upgrade, no static delta", [*upgrade, str(work / "plain")])
         timed(

@@ -49,6 +49,8 @@ WIRE_TYPES: Mapping[str, str] = {
     "regenerate-initramfs": "b",
     "initramfs-args": "as",
     "package-count": "u",
+    "container-image-reference": "s",
+    "container-image-reference-digest": "s",
     # package changes (db diff --json)
     "from": "s",
     "to": "s",

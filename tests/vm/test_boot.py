@@ -12,7 +12,8 @@ argument; boot 3 checks the rollback and the argument, then unlocks /usr for goo
 Then container images (issue 14): the guest rebases to the image of the first version in
 Debian's docker-registry on the host's loopback, boots it (boot 5), upgrades by tag to the
 image of the second version, fetching only the layers that changed, boots it (boot 6) and
-rolls back."""
+rolls back; then, under a containers-policy.json that requires a GPG signature, it refuses
+an unsigned image and rebases to a signed one (Debian 13's skopeo checks the policy)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ HELLO = DebSpec(
     ),
 )
 KEYRING = "/etc/apt/keyrings/apt-ostree-test.gpg"
+IMAGE_KEY = "/etc/apt-ostree-test/image-key.gpg"
 
 
 def _deployments(guest: vm.VM) -> list[dict[str, Any]]:
@@ -195,6 +197,8 @@ def test_status_upgrade_install_rollback_kargs(
             # boots 5 and 6 (issue 14): the machine follows an image in the host's registry
             with registry(tmp_path / "registry") as reg:
                 _follow_an_image(guest, repo, reg, first, second, versions)
+                _encapsulate(repo, second, f"oci:{tmp_path / 'layout'}:image", reg)
+                _signed_images(guest, tmp_path / "layout", reg, gpg_test_key, tmp_path)
             assert len(guest.boot_seconds) == 6
 
 
@@ -248,3 +252,56 @@ def _follow_an_image(
     guest.check("apt-ostree rollback")
     pending = _deployments(guest)[0]
     assert pending["checksum"] == first and pending["container-image-reference"] == image
+
+
+def _signed_images(guest: vm.VM, layout: Path, reg: Registry, signer: GpgKey, work: Path) -> None:
+    """ostree-image-signed: with Debian 13's skopeo, whose image proxy checks the machine's
+    containers-policy.json: a `signedBy` requirement refuses an unsigned image (nothing
+    changes) and takes one signed with the key (simple signing, signatures served from a
+    lookaside folder on the host)."""
+    port = reg.host.rpartition(":")[2]
+    guest_host = f"{vm.HOST_FROM_GUEST}:{port}"
+    staging = work / "registries.d"
+    staging.mkdir()
+    (staging / "push.yaml").write_text(
+        f"docker:\n  {reg.host}:\n    lookaside-staging: file://{work / 'lookaside'}\n"
+    )
+    source = f"oci:{layout}:image"
+    for name, sign in (("signed", ["--sign-by", signer.fingerprint]), ("unsigned", [])):
+        subprocess.run(
+            ["skopeo", "--registries-conf", str(reg.registries_conf), "--registries.d",
+             str(staging), "--insecure-policy", "copy", "--quiet", *sign, source,
+             f"docker://{reg.host}/test/{name}:1"],
+            check=True, env={"GNUPGHOME": str(signer.homedir), "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+    with serve_directory(work / "lookaside") as lookaside:
+        requirement = {
+            "type": "signedBy", "keyType": "GPGKeys", "keyPath": IMAGE_KEY,
+            # the signature names the registry as the host pushed to it
+            "signedIdentity": {"type": "remapIdentity", "prefix": guest_host,
+                               "signedPrefix": reg.host},
+        }  # fmt: skip
+        policy = {
+            "default": [{"type": "insecureAcceptAnything"}],
+            "transports": {"docker": {f"{guest_host}/test": [requirement]}},
+        }
+        registries_d = f"docker:\n  {guest_host}:\n    lookaside: http://{vm.HOST_FROM_GUEST}:{lookaside.port}/\n"
+        for path, data in (
+            (IMAGE_KEY, signer.keyring.read_bytes()),
+            ("/etc/containers/policy.json", json.dumps(policy).encode()),
+            ("/etc/containers/registries.d/apt-ostree-test.yaml", registries_d.encode()),
+        ):
+            encoded = base64.b64encode(data).decode()
+            guest.check(f"mkdir -p {Path(path).parent} && echo {encoded} | base64 -d > {path}")
+        before = _deployments(guest)
+        refused = guest.run(
+            f"apt-ostree rebase ostree-image-signed:docker://{guest_host}/test/unsigned:1",
+            timeout=600,
+        )
+        assert refused.returncode == 1, refused.output
+        assert "A signature was required" in refused.output, refused.output
+        assert _deployments(guest) == before
+        signed = f"ostree-image-signed:docker://{guest_host}/test/signed:1"
+        guest.check(f"apt-ostree rebase {signed}", timeout=900)
+        staged = _deployments(guest)[0]
+        assert staged["container-image-reference"] == signed and staged["staged"]

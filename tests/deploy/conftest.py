@@ -11,7 +11,7 @@ import pytest
 from apt_ostree.run import run
 from tests.support.httpd import Server, serve_directory
 from tests.support.images import Images, copy_repo, remove_sysroot
-from tests.support.sysroots import Machine, Served, init
+from tests.support.sysroots import Machine, Served, init, ok
 
 
 @pytest.fixture
@@ -55,3 +55,19 @@ def machine(template: Machine, served: Served, tmp_path: Path) -> Iterator[Machi
     served.set_ref("1.1")
     yield Machine(path, served)
     remove_sysroot(path)
+
+
+def encapsulate(images: Images, version: str, image: str) -> str:
+    """`compose container-encapsulate` of a test image version; the manifest digest."""
+    out = ok("compose", "container-encapsulate", "--repo", images.repo,
+             images.checksum(version), image).stdout  # fmt: skip
+    return next(line.split()[-1] for line in out.splitlines() if "manifest:" in line)
+
+
+@pytest.fixture(scope="session")
+def layout(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An OCI layout with tags 1.0 and 1.1: the test images, encapsulated once."""
+    path = tmp_path_factory.mktemp("oci") / "layout"
+    for version in ("1.0", "1.1"):
+        encapsulate(images, version, f"oci:{path}:{version}")
+    return path

@@ -14,28 +14,13 @@ import pytest
 
 from apt_ostree.container import oci
 from apt_ostree.system.requests import Cleanup, Rebase, Upgrade
+from tests.deploy.conftest import encapsulate
 from tests.support.debs import DebSpec, Dir, build_deb
 from tests.support.images import Images
 from tests.support.registry import Registry, registry
-from tests.support.sysroots import Machine, Recorder, cli, ok
+from tests.support.sysroots import Machine, Recorder, cli
 
 UNVERIFIED_OCI = "ostree-unverified-image:oci:"
-
-
-def encapsulate(images: Images, version: str, image: str) -> str:
-    """`compose container-encapsulate` of a test image version; the manifest digest."""
-    out = ok("compose", "container-encapsulate", "--repo", images.repo,
-             images.checksum(version), image).stdout  # fmt: skip
-    return next(line.split()[-1] for line in out.splitlines() if "manifest:" in line)
-
-
-@pytest.fixture(scope="session")
-def layout(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An OCI layout with tags 1.0 and 1.1: the test images, encapsulated once."""
-    path = tmp_path_factory.mktemp("oci") / "layout"
-    for version in ("1.0", "1.1"):
-        encapsulate(images, version, f"oci:{path}:{version}")
-    return path
 
 
 def retag(layout: Path, source: str, tag: str) -> None:

@@ -28,6 +28,7 @@ from apt_ostree.system.requests import (
     OverrideRemove,
     OverrideReplace,
     OverrideReset,
+    Rebase,
     Request,
     Reset,
     Search,
@@ -422,3 +423,21 @@ def test_cli_refusals_search_and_initramfs(layered: Layered) -> None:
     found = ok("search", *layered.args(), "htop").stdout
     assert found.startswith("htop-aot 3.2: ")
     assert layered.machine.snapshot() == before
+
+
+def test_layering_on_a_container_image_base(layered: Layered, layout: Path) -> None:
+    """Layered packages on an image origin: the same rebuild from the base, and the image
+    stays the origin (an upgrade follows its tag and keeps the packages)."""
+    m = layered.machine
+    image = f"ostree-unverified-image:oci:{layout}:1.1"
+    m.change(Rebase(refspec=image))
+    outcome = layered.change(HTOP)
+    assert added(outcome) == ["htop-aot", "libhtop-aot"]
+    new = m.deployments()[0]
+    assert new.requested_packages == ("htop-aot",) and new.container_image_reference == image
+    assert new.base_checksum == m.served.images.checksum("1.1")
+    assert (layered.deployment() / "usr/bin/htop-aot").exists()
+    origin = Path(f"{layered.deployment()}.origin").read_text()
+    assert f"container-image-reference={image}" in origin and "requested=htop-aot;" in origin
+    assert "No upgrade available." in m.change(Upgrade(check=True)).lines
+    m.fsck()

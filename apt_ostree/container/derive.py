@@ -84,8 +84,9 @@ def _apply(repo: ostree.Repo, layer: str, upper: Path, removed: list[str]) -> No
     whiteouts = []
     for entry in entries:
         parent, _, name = entry.path.rpartition("/")
-        if entry.kind == "dir":
-            _inside(upper, entry.path)
+        _inside(upper, entry.path)  # libostree's checkout would follow such a link
+        if entry.kind == "dir" and (upper / entry.path).is_symlink():
+            raise ImageError(f"a derived layer makes a folder of the symlink /{entry.path}")
         if not name.startswith(WHITEOUT):
             continue
         whiteouts.append(entry.path)

@@ -4,9 +4,11 @@ loopback; bad images and a registry that is down leave the machine as it was."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -284,4 +286,55 @@ def test_a_derived_image_with_files_outside_usr_changes_nothing(
     assert result.returncode == 1, result.stderr
     assert "the derived image cannot boot" in result.error_line
     assert "/data/file" in result.error_line
+    assert machine.snapshot() == before
+
+
+PLAIN_TAR = "application/vnd.oci.image.layer.v1.tar"
+
+
+def _tar(members: list[tarfile.TarInfo]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for member in members:
+            tar.addfile(member, io.BytesIO(b"owned\n") if member.isfile() else None)
+    return out.getvalue()
+
+
+def _escaping_image(layout: Path, target: Path) -> None:
+    """`layout` (a copy of the test images') gets tag `escape`: 1.1 plus two hand-made layers,
+    a symlink `escape -> target`, then a file under `escape/` (what no container engine
+    writes, and what would land in `target` if the link were followed)."""
+    link = tarfile.TarInfo("escape")
+    link.type, link.linkname = tarfile.SYMTYPE, str(target)
+    folder = tarfile.TarInfo("escape")
+    folder.type, folder.mode = tarfile.DIRTYPE, 0o755
+    file = tarfile.TarInfo("escape/owned")
+    file.size = len(b"owned\n")
+    oci_layout = oci.Layout(layout)
+    index = json.loads((layout / "index.json").read_text())
+    entry = next(m for m in index["manifests"] if m["annotations"][oci.REF_NAME] == "1.1")
+    manifest = json.loads(oci_layout.blob_path(entry["digest"]).read_text())
+    config = json.loads(oci_layout.blob_path(manifest["config"]["digest"]).read_text())
+    layers = [oci.Descriptor.of(d) for d in manifest["layers"]]
+    for members in ([link], [folder, file]):
+        data = _tar(members)
+        blob = oci_layout.write_blob(data)
+        layers.append(oci.Descriptor(PLAIN_TAR, blob.digest, blob.size))
+        config["rootfs"]["diff_ids"].append(oci.digest_of(data))
+    written = oci_layout.write_blob(oci.dumps(config))
+    config_desc = oci.Descriptor(oci.CONFIG_TYPE, written.digest, written.size)
+    oci_layout.tag(oci_layout.write_blob(oci.dumps(oci.manifest(config_desc, layers))), "escape")
+
+
+def test_a_derived_layer_that_writes_through_a_symlink_is_refused(
+    machine: Machine, tagged: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "outside"
+    target.mkdir()
+    _escaping_image(tagged, target)
+    before = machine.snapshot()
+    result = cli("rebase", *machine.args(), f"{UNVERIFIED_OCI}{tagged}:escape")
+    assert result.returncode == 1, result.stderr
+    assert "symlink /escape" in result.error_line
+    assert not list(target.iterdir())  # nothing written outside the scratch folder
     assert machine.snapshot() == before

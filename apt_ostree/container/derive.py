@@ -84,7 +84,9 @@ def _apply(repo: ostree.Repo, layer: str, upper: Path, removed: list[str]) -> No
     whiteouts = []
     for entry in entries:
         parent, _, name = entry.path.rpartition("/")
-        _inside(upper, entry.path)  # libostree's checkout would follow such a link
+        # libostree's checkout would follow such a link; this also covers the parents of
+        # what a whiteout deletes, which are the whiteout's own
+        _check_no_link_above(upper, entry.path)
         if entry.kind == "dir" and (upper / entry.path).is_symlink():
             raise ImageError(f"a derived layer makes a folder of the symlink /{entry.path}")
         if not name.startswith(WHITEOUT):
@@ -92,29 +94,27 @@ def _apply(repo: ostree.Repo, layer: str, upper: Path, removed: list[str]) -> No
         whiteouts.append(entry.path)
         if name == OPAQUE:
             target = upper / parent
-            if _inside(upper, parent) and target.is_dir() and not target.is_symlink():
+            if target.is_dir() and not target.is_symlink():
                 for child in target.iterdir():
                     _remove(child)
             removed.append(parent)  # the base's folder goes; the layer's stays
         else:
             rel = f"{parent}/{name.removeprefix(WHITEOUT)}" if parent else name[len(WHITEOUT) :]
-            if _inside(upper, rel):
-                _remove(upper / rel)
+            _remove(upper / rel)
             removed.append(rel)
     ostree_container.checkout_union(repo, layer, upper)
     for rel in whiteouts:
         (upper / rel).unlink()
 
 
-def _inside(upper: Path, rel: str) -> bool:
-    """True when no folder above `rel` in `upper` is a symlink (a layer that makes `etc` a
-    link to `/` and then writes `etc/passwd` would otherwise write the host's)."""
+def _check_no_link_above(upper: Path, rel: str) -> None:
+    """ImageError when a folder above `rel` in `upper` is a symlink (a layer that makes `etc`
+    a link to `/` and then writes `etc/passwd` would otherwise write the host's)."""
     current = upper
     for part in Path(rel).parts[:-1] if rel else ():
         current = current / part
         if current.is_symlink():
             raise ImageError(f"a derived layer writes /{rel} through the symlink /{part}")
-    return True
 
 
 def _remove(path: Path) -> None:

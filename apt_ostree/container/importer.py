@@ -16,7 +16,7 @@ import json
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,31 +288,29 @@ def recorded_commit(repo: ostree.Repo, digest: str) -> str | None:
     return str(commit) if commit and repo.has_commit(str(commit)) else None
 
 
+def _images(repo: ostree.Repo) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """The images pulled into `repo`: their manifest ref and its commit's metadata."""
+    for ref in repo.list_refs():
+        checksum = repo.resolve_ref(ref) if ref.startswith(MANIFEST_PREFIX) else None
+        if checksum is not None:
+            yield ref, repo.read_commit(checksum).metadata
+
+
 def image_digests(repo: ostree.Repo) -> dict[str, str]:
     """Ostree commit -> the manifest digest of the image it was pulled from."""
-    found: dict[str, str] = {}
-    for ref in repo.list_refs():
-        if ref.startswith(MANIFEST_PREFIX):
-            checksum = repo.resolve_ref(ref)
-            if checksum is None:
-                continue
-            commit = repo.read_commit(checksum).metadata.get(KEY_COMMIT)
-            if commit:
-                found[str(commit)] = ref.removeprefix(MANIFEST_PREFIX).replace("_", ":", 1)
-    return found
+    return {
+        str(metadata[KEY_COMMIT]): ref.removeprefix(MANIFEST_PREFIX).replace("_", ":", 1)
+        for ref, metadata in _images(repo)
+        if metadata.get(KEY_COMMIT)
+    }
 
 
 def prune_refs(repo: ostree.Repo, keep: set[str]) -> int:
     """Drop the images whose commit is not in `keep` (the commits deployments run, and their
     bases), and the layers no remaining image lists; how many layers went. Their objects go
     at the prune that follows."""
-    manifests: dict[str, dict[str, Any]] = {}
-    for ref in repo.list_refs():
-        checksum = repo.resolve_ref(ref) if ref.startswith(MANIFEST_PREFIX) else None
-        if checksum is not None:
-            manifests[ref] = dict(repo.read_commit(checksum).metadata)
     wanted: set[str] = set()
-    for ref, metadata in manifests.items():
+    for ref, metadata in list(_images(repo)):
         if metadata.get(KEY_COMMIT) not in keep:
             repo.set_ref(ref, None)
             continue

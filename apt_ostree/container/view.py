@@ -71,7 +71,5 @@ def var_entries(fragments: Iterable[str]) -> list[Entry]:
 
 
 def _under_link(made: dict[str, Entry], parts: list[str]) -> bool:
-    return any(
-        made.get("/".join(parts[:i]), Entry("", "dir", 0, 0, 0, ())).kind == "symlink"
-        for i in range(2, len(parts))
-    )
+    parents = ("/".join(parts[:i]) for i in range(2, len(parts)))
+    return any(p in made and made[p].kind == "symlink" for p in parents)

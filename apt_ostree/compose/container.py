@@ -172,7 +172,10 @@ def _write(
         sources = chunking.status_sources(entries, lambda c: _read(repo, c))
         owned = chunking.owners(entries, sources, lambda c: _read(repo, c))
         counts = chunking.changes(_history(repo, info), sources)
-        layers = chunking.plan(entries, owned, counts, max_layers=max_layers)
+        expected = chunking.expected_changes(
+            entries, owned, lambda c: ostree_container.open_content(repo, c)
+        )
+        layers = chunking.plan(entries, owned, counts, expected, max_layers=max_layers)
     work = Path(tempfile.mkdtemp(prefix="layers-", dir=layout.path))
     try:
         blobs = _write_layers(repo, info.checksum, layers, work, progress)

@@ -57,10 +57,10 @@ def machine(template: Machine, served: Served, tmp_path: Path) -> Iterator[Machi
     remove_sysroot(path)
 
 
-def encapsulate(images: Images, version: str, image: str) -> str:
+def encapsulate(images: Images, version: str, image: str, env: dict[str, str] | None = None) -> str:
     """`compose container-encapsulate` of a test image version; the manifest digest."""
     out = ok("compose", "container-encapsulate", "--repo", images.repo,
-             images.checksum(version), image).stdout  # fmt: skip
+             images.checksum(version), image, env=env).stdout  # fmt: skip
     return next(line.split()[-1] for line in out.splitlines() if "manifest:" in line)
 
 

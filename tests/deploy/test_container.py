@@ -21,6 +21,7 @@ from tests.support.debs import DebSpec, Dir, build_deb
 from tests.support.images import Images
 from tests.support.registry import Registry, registry
 from tests.support.sysroots import Machine, Recorder, cli
+from tests.support.tamper import tampering
 
 UNVERIFIED_OCI = "ostree-unverified-image:oci:"
 
@@ -149,6 +150,25 @@ def test_push_to_a_registry_rebase_and_a_registry_that_is_down(
     down = cli("upgrade", *machine.args(), env=env)
     assert down.returncode == 1
     assert name.split("/")[0] in down.error_line
+    assert machine.snapshot() == before
+
+
+@pytest.mark.parametrize("mode", ["manifest", "blob"])
+def test_a_registry_that_alters_the_image_changes_nothing(
+    machine: Machine, images: Images, running_registry: Registry, tmp_path: Path, mode: str
+) -> None:
+    """Through a proxy that alters manifests, a reference by digest is refused; through one
+    that alters blobs, the image's config (the first blob read) fails its digest."""
+    name = f"{running_registry.host}/test/os"
+    digest = encapsulate(images, "1.1", f"docker://{name}:1.1", env=running_registry.env)
+    before = machine.snapshot()
+    with tampering(running_registry.host, tmp_path) as proxy:
+        proxy.mode = mode
+        where = f"{proxy.host}/test/os"
+        ref = f"{where}@{digest}" if mode == "manifest" else f"{where}:1.1"
+        result = cli("rebase", *machine.args(), f"ostree-unverified-registry:{ref}", env=proxy.env)
+    assert result.returncode == 1, result.stderr
+    assert "does not match" in result.error_line
     assert machine.snapshot() == before
 
 

@@ -50,8 +50,8 @@ def cli(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None =
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def ok(*args: str | Path) -> Result:
-    result = cli(*args)
+def ok(*args: str | Path, env: dict[str, str] | None = None) -> Result:
+    result = cli(*args, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 

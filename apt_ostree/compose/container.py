@@ -239,8 +239,11 @@ def _write_layers(
         progress.percent("Writing layers", done[0], len(layers) + 1)
         return blob
 
+    # the largest first, so that the last to finish is a small one
+    order = sorted(range(len(layers)), key=lambda i: -layers[i].size)
     with progress.step(f"Writing {len(layers) + 1} layers"), ThreadPoolExecutor(WORKERS) as pool:
-        blobs = list(pool.map(one, range(len(layers)), layers))
+        futures = {i: pool.submit(one, i, layers[i]) for i in order}
+        blobs = [futures[i].result() for i in range(len(layers))]
         blobs.append(_commit_layer(repo, checksum, work / "commit.tar.gz"))
     layout = oci.Layout(work.parent)
     for blob in blobs:

@@ -162,13 +162,13 @@ def test_a_registry_that_alters_the_image_changes_nothing(
     name = f"{running_registry.host}/test/os"
     digest = encapsulate(images, "1.1", f"docker://{name}:1.1", env=running_registry.env)
     before = machine.snapshot()
-    with tampering(running_registry.host, tmp_path) as proxy:
-        proxy.mode = mode
+    with tampering(running_registry.host, tmp_path, mode) as proxy:
         where = f"{proxy.host}/test/os"
         ref = f"{where}@{digest}" if mode == "manifest" else f"{where}:1.1"
         result = cli("rebase", *machine.args(), f"ostree-unverified-registry:{ref}", env=proxy.env)
     assert result.returncode == 1, result.stderr
     assert "does not match" in result.error_line
+    assert proxy.altered > 0
     assert machine.snapshot() == before
 
 

@@ -1,11 +1,13 @@
 """An HTTP proxy on loopback in front of a registry that alters what it serves: a registry
 (or a network) that cannot be trusted. `mode` says what it changes: "manifest" appends a
 byte to every manifest (still valid JSON, another digest), "blob" flips the last byte of
-every blob; the headers, Docker-Content-Digest included, are passed on as they came."""
+every blob; the headers, Docker-Content-Digest included, are passed on as they came.
+`altered` counts the replies it changed, so a test knows the client saw them."""
 
 from __future__ import annotations
 
 import http.client
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,13 +16,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Tamper:
     host: str  # 127.0.0.1:PORT
     registries_conf: Path  # the proxy and its upstream marked insecure (plain HTTP)
-    mode: str = "manifest"
+    mode: str
+    altered: int = 0
 
     @property
     def env(self) -> dict[str, str]:
@@ -36,8 +40,9 @@ def _alter(mode: str, path: str, body: bytes) -> bytes:
 
 
 @contextmanager
-def tampering(upstream: str, work: Path) -> Iterator[Tamper]:
-    state = Tamper("", work / "tamper-registries.conf")
+def tampering(upstream: str, work: Path, mode: str) -> Iterator[Tamper]:
+    state = Tamper("", work / "tamper-registries.conf", mode)
+    lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -56,7 +61,11 @@ def tampering(upstream: str, work: Path) -> Iterator[Tamper]:
                     conn.putheader(key, value)
             conn.endheaders()
             reply = conn.getresponse()
-            body = b"" if head else _alter(state.mode, self.path, reply.read())
+            sent = b"" if head else reply.read()
+            body = _alter(state.mode, self.path, sent)
+            if body != sent:
+                with lock:
+                    state.altered += 1
             self.send_response(reply.status)
             for key, value in reply.getheaders():
                 if key.lower() not in _HOP:
@@ -68,7 +77,7 @@ def tampering(upstream: str, work: Path) -> Iterator[Tamper]:
             conn.close()
 
         def log_message(self, format: str, *args: object) -> None:
-            pass
+            log.debug("%s %s", self.address_string(), format % args)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state.host = f"127.0.0.1:{server.server_address[1]}"

@@ -152,7 +152,7 @@ def _generated(entries: Sequence[Entry], owned: Mapping[str, str]) -> dict[str, 
     for path in unlisted:
         sources = by_folder.get(_folder(path))
         if sources:
-            (source, count), *_ = sources.most_common(1)
+            source, count = sources.most_common(1)[0]
             if count * 2 > sources.total():
                 found[path] = source
     return found

@@ -51,8 +51,10 @@ DATA = {
     "org.aptostree.AptOstree1.xml": "usr/share/dbus-1/interfaces/",
     "apt-ostreed.conf": "etc/",
     "apt-ostree-guard": "usr/lib/apt-ostree/",
+    "grub-generator": "usr/lib/apt-ostree/",
+    "ostree-finalize-staged.service.d/apt-ostree-grub.conf": "usr/lib/systemd/system/",
 }
-EXECUTABLES = ("apt-ostree-guard",)
+EXECUTABLES = ("apt-ostree-guard", "grub-generator")
 CONFFILES = ("/etc/apt-ostreed.conf",)
 # generated page -> the package that ships it
 MAN_PAGES = {

@@ -126,3 +126,42 @@ def run_checks(root: Path = Path("/"), *, timeout: float = CHECK_TIMEOUT) -> Hea
         for path in find_checks(root, kind):
             results.append(run_check([str(path)], path.name, kind, timeout))
     return HealthReport(tuple(results))
+
+
+def report_to_wire(report: HealthReport) -> list[dict[str, object]]:
+    return [
+        {"name": r.name, "kind": r.kind.value, "ok": r.ok, "output": r.output}
+        for r in report.results
+    ]
+
+
+def report_from_wire(rows: Sequence[dict[str, object]]) -> HealthReport:
+    return HealthReport(
+        tuple(
+            CheckResult(str(r["name"]), Kind(str(r["kind"])), bool(r["ok"]), str(r["output"]))
+            for r in rows
+        )
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python3 -m apt_ostree.boot.health [--json] [--root DIR]`: run the checks, print the
+    results (JSON: a list of {name, kind, ok, output}); exit 0 when the required ones pass."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python3 -m apt_ostree.boot.health")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--root", type=Path, default=Path("/"))
+    args = parser.parse_args(argv)
+    report = run_checks(args.root)
+    if args.json:
+        print(json.dumps(report_to_wire(report), indent=2))
+    else:
+        for r in report.results:
+            print(f"{'ok  ' if r.ok else 'FAIL'} {r.kind.value:8} {r.name}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,6 +5,8 @@
     IdleExitTimeout=60      # seconds without a client or transaction; 0 never exits
     LockLayering=false      # refuse package layering and overrides
     Recommends=false        # layering installs Recommends (the layering code's default: no)
+    BootTrialTimeout=600    # seconds a trial boot has to bless itself; 0: no trial boots
+    VerifyUpdates=false     # automatic updates boot in a container and pass the checks first
 
 A missing file means the defaults; a malformed one is refused with the key and what was
 expected, at start and on `reload` (which then keeps the previous settings).
@@ -37,12 +39,20 @@ class DaemonConfig:
     idle_exit_timeout: int = 60
     lock_layering: bool = False
     recommends: bool = False
+    boot_trial_timeout: int = 600
+    verify_updates: bool = False
 
 
 def _bool(path: Path, key: str, value: str) -> bool:
     if value.lower() in _TRUE | _FALSE:
         return value.lower() in _TRUE
     raise ConfigError(f"{path}: [{SECTION}] {key}={value}: expected true or false")
+
+
+def _seconds(path: Path, key: str, value: str) -> int:
+    if not value.isdigit():
+        raise ConfigError(f"{path}: [{SECTION}] {key}={value}: expected seconds")
+    return int(value)
 
 
 def load_config(path: Path) -> DaemonConfig:
@@ -56,7 +66,14 @@ def load_config(path: Path) -> DaemonConfig:
         raise ConfigError(f"{path}: {e}") from e
     if not parser.has_section(SECTION):
         return DaemonConfig()
-    known = {"AutomaticUpdatePolicy", "IdleExitTimeout", "LockLayering", "Recommends"}
+    known = {
+        "AutomaticUpdatePolicy",
+        "IdleExitTimeout",
+        "LockLayering",
+        "Recommends",
+        "BootTrialTimeout",
+        "VerifyUpdates",
+    }
     s = parser[SECTION]
     for key in s:
         if key not in known:
@@ -66,12 +83,13 @@ def load_config(path: Path) -> DaemonConfig:
         raise ConfigError(
             f"{path}: [{SECTION}] AutomaticUpdatePolicy={policy}: expected none, check or stage"
         )
-    timeout = s.get("IdleExitTimeout", "60")
-    if not timeout.isdigit():
-        raise ConfigError(f"{path}: [{SECTION}] IdleExitTimeout={timeout}: expected seconds")
+    timeout = _seconds(path, "IdleExitTimeout", s.get("IdleExitTimeout", "60"))
+    trial = _seconds(path, "BootTrialTimeout", s.get("BootTrialTimeout", "600"))
     return DaemonConfig(
         automatic_update_policy=Policy(policy),
-        idle_exit_timeout=int(timeout),
+        idle_exit_timeout=timeout,
         lock_layering=_bool(path, "LockLayering", s.get("LockLayering", "false")),
         recommends=_bool(path, "Recommends", s.get("Recommends", "false")),
+        boot_trial_timeout=trial,
+        verify_updates=_bool(path, "VerifyUpdates", s.get("VerifyUpdates", "false")),
     )

@@ -8,6 +8,7 @@ sysroot objects stay inside `Repo` and `Sysroot`, so no other module imports gi 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import time
@@ -568,6 +569,20 @@ def _keyfile(text: str) -> GLib.KeyFile:
     return kf
 
 
+GRUB2_EXEC_ENV = "OSTREE_GRUB2_EXEC"
+INSTALLED_GRUB_GENERATOR = Path("/usr/lib/apt-ostree/grub-generator")
+
+
+def grub_generator() -> Path:
+    """apt-ostree's GRUB config generator: the installed one, else this checkout's module
+    (a program with Debian's Python and the standard library only)."""
+    if INSTALLED_GRUB_GENERATOR.is_file():
+        return INSTALLED_GRUB_GENERATOR
+    from apt_ostree.boot import grubcfg
+
+    return Path(grubcfg.__file__)
+
+
 class Sysroot:
     """A loaded OSTree sysroot (a folder, or / on a machine booted from OSTree)."""
 
@@ -575,6 +590,10 @@ class Sysroot:
         self.path = path
         self._sysroot = OSTree.Sysroot.new(Gio.File.new_for_path(str(path)))
         self._repo: Repo | None = None
+        # libostree's grub2 backend (a sysroot configured `sysroot.bootloader=grub2`) runs
+        # this program at every deployment write; apt-ostreed's unit and
+        # ostree-finalize-staged's drop-in set it too (docs/boot.md)
+        os.environ.setdefault(GRUB2_EXEC_ENV, str(grub_generator()))
         self.load()
 
     def load(self) -> None:

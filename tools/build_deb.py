@@ -52,9 +52,20 @@ DATA = {
     "apt-ostreed.conf": "etc/",
     "apt-ostree-guard": "usr/lib/apt-ostree/",
     "grub-generator": "usr/lib/apt-ostree/",
+    "trial-deadline": "usr/lib/apt-ostree/",
+    "apt-ostree-boot-check.service": "usr/lib/systemd/system/",
+    "apt-ostree-trial-deadline.service": "usr/lib/systemd/system/",
     "ostree-finalize-staged.service.d/apt-ostree-grub.conf": "usr/lib/systemd/system/",
 }
-EXECUTABLES = ("apt-ostree-guard", "grub-generator")
+EXECUTABLES = ("apt-ostree-guard", "grub-generator", "trial-deadline")
+# static enablement (debian/apt-ostree.links): both units do nothing unless the machine is
+# booted from OSTree (docs/boot.md); dh_installsystemd enables nothing (debian/rules)
+LINKS = {
+    "usr/lib/systemd/system/multi-user.target.wants/apt-ostree-boot-check.service":
+        "../apt-ostree-boot-check.service",
+    "usr/lib/systemd/system/sysinit.target.wants/apt-ostree-trial-deadline.service":
+        "../apt-ostree-trial-deadline.service",
+}  # fmt: skip
 CONFFILES = ("/etc/apt-ostreed.conf",)
 # generated page -> the package that ships it
 MAN_PAGES = {
@@ -105,7 +116,7 @@ def modules() -> list[Path]:
 
 def inputs() -> list[Path]:
     """Everything the packages are made from."""
-    debian = ["control", "changelog", "copyright"]
+    debian = ["control", "changelog", "copyright", "apt-ostree.links"]
     tools = ["build-deb", "build_deb.py", "gendoc.py"]
     return [
         *modules(),
@@ -241,6 +252,9 @@ def lay_out_client(root: Path, generated: Path, log: bytes) -> None:
     for name, folder in DATA.items():
         mode = 0o755 if name in EXECUTABLES else 0o644
         put(root, folder + name, (ROOT / "data" / name).read_bytes(), mode)
+    for link, target in LINKS.items():
+        (root / link).parent.mkdir(parents=True, exist_ok=True)
+        (root / link).symlink_to(target)
     for name, module in ENTRY_POINTS.items():
         put(root, f"usr/bin/{name}", entry_script(module).encode(), 0o755)
     put(root, COMPLETION, (generated / gendoc.COMPLETION).read_bytes())

@@ -106,6 +106,12 @@ def deployment_states(deployments: Sequence[DeploymentInfo]) -> list[str]:
     return states
 
 
+_TRIAL_TEXT = {
+    "pending": "next boot, on trial until the health checks pass",
+    "booting": "on trial: not yet blessed",
+}
+
+
 def _rows(d: DeploymentInfo, *, verbose: bool) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     if d.timestamp is not None:
@@ -133,6 +139,10 @@ def _rows(d: DeploymentInfo, *, verbose: bool) -> list[tuple[str, str]]:
         rows.append(("Pinned", "yes"))
     if d.unlocked != "none":
         rows.append(("Unlocked", d.unlocked))
+    if d.boot_trial is not None:
+        rows.append(("BootTrial", _TRIAL_TEXT.get(d.boot_trial, d.boot_trial)))
+    if d.boot_failure is not None:
+        rows.append(("BootFailed", d.boot_failure))
     if d.live_commit is not None:
         rows.append(
             ("LiveCommit", d.live_commit + (" (files replaced)" if d.live_replaced else ""))
@@ -160,6 +170,13 @@ def render_header(result: StatusResult) -> list[str]:
     if result.cached_update is not None:
         lines.append("AvailableUpdate:")
         lines += [f"{k:>21}: {v}" for k, v in _update_rows(result.cached_update)]
+    if result.boot_failures:
+        lines.append("BlockedUpdates:")
+        lines += [
+            f"{'':>21}  {f.base_checksum[:12]} ({f.version or '-'}, {timestamp_text(f.time)}):"
+            f" {f.reason}"
+            for f in result.boot_failures
+        ]
     return lines
 
 

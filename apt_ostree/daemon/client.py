@@ -32,6 +32,7 @@ from apt_ostree.errors import (
 from apt_ostree.progress import Progress
 from apt_ostree.system.requests import DbDiff, DbList, Request, Search, Status, to_call
 from apt_ostree.system.results import (
+    BootFailure,
     CachedUpdate,
     CommitDiff,
     DeploymentInfo,
@@ -128,6 +129,7 @@ class DaemonClient:
             TransactionInfo(title, client, path) if path else None,
             CachedUpdate.from_wire(native(sysroot.CachedUpdate)),
             sysroot.AutomaticUpdatePolicy,
+            tuple(BootFailure.from_wire(f) for f in native(sysroot.BootFailures)),
         )
 
     def automatic_update(self, osname: str | None, progress: Progress) -> Outcome | None:

@@ -36,6 +36,7 @@ from apt_ostree.system.requests import (
     to_call,
 )
 from apt_ostree.system.results import (
+    BootFailure,
     CachedUpdate,
     DeploymentInfo,
     Result,
@@ -138,6 +139,13 @@ class Daemon:
             return self.system().cached_update()
         except AptOstreeError:
             return None
+
+    def boot_failures(self) -> tuple[BootFailure, ...]:
+        """The updates whose trial boot failed (the stateroot's /var/lib/apt-ostree)."""
+        try:
+            return self.system().boot_failures()
+        except AptOstreeError:
+            return ()
 
     # ---- transactions ----
 

@@ -35,6 +35,7 @@ class SysrootInterface(InterfaceTemplate):  # type: ignore[misc]
             ("ActiveTransaction", d.transaction_changed),
             ("AutomaticUpdatePolicy", d.config_changed),
             ("CachedUpdate", d.cached_update_changed),
+            ("BootFailures", d.deployments_changed),
         ):
             self.watch_property(name, signal)
             signal.connect(self.flush_changes)
@@ -70,6 +71,12 @@ class SysrootInterface(InterfaceTemplate):  # type: ignore[misc]
         (added, removed, upgraded, downgraded, as `DbDiff`); empty when none."""
         update = self.daemon.cached_update()
         return wire_variants(update.to_wire()) if update is not None else {}
+
+    @property
+    def BootFailures(self) -> List[Dict[Str, Variant]]:
+        """The updates whose trial boot failed (checksum, base-checksum, version, reason,
+        time): `upgrade` and automatic updates do not stage them again."""
+        return [wire_variants(f.to_wire()) for f in self.daemon.boot_failures()]
 
     @accepts_additional_arguments
     def GetOS(self, name: Str, *, call_info: CallInfo) -> ObjPath:

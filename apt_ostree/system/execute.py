@@ -12,10 +12,11 @@ from pathlib import Path
 from apt_ostree import keys
 from apt_ostree.errors import UsageError
 from apt_ostree.run import run
-from apt_ostree.system import live, packages, updates
+from apt_ostree.system import live, packages, trials, updates
 from apt_ostree.system.requests import (
     ApplyLive,
     AutomaticUpdate,
+    BootCheck,
     Cleanup,
     DbDiff,
     DbList,
@@ -46,7 +47,10 @@ def execute(system: System, request: Request) -> Result:
     match request:
         case Status():
             return StatusResult(
-                system.status(), cached_update=system.cached_update(), policy=system.policy()
+                system.status(),
+                cached_update=system.cached_update(),
+                policy=system.policy(),
+                boot_failures=system.boot_failures(),
             )
         case Upgrade():
             return rebooted(updates.upgrade(system, request), request.reboot)
@@ -60,6 +64,8 @@ def execute(system: System, request: Request) -> Result:
             return updates.cleanup(system, request)
         case KernelArgs():
             return rebooted(updates.kargs(system, request), request.reboot)
+        case BootCheck():
+            return trials.boot_check(system, request)
         case FinalizeDeployment():
             return updates.finalize_deployment(system, request)
         case AutomaticUpdate():
@@ -112,6 +118,8 @@ def automatic_update(system: System, request: AutomaticUpdate) -> Outcome:
     system.write_cached_update(update)
     if not request.stage or not check.changed:
         return check
+    if check.checksum is not None and (blocked := trials.blocked_line(system, check.checksum)):
+        return Outcome(False, (*check.lines, blocked), check.diff, check.checksum, check.version)
     staged = updates.upgrade(system, Upgrade())
     return Outcome(check.changed, check.lines, check.diff, check.checksum, check.version,
                    then=staged)  # fmt: skip

@@ -248,6 +248,17 @@ class FinalizeDeployment(Request):
     checksum: str | None = positional(nargs="?")
 
 
+@dataclass(frozen=True, kw_only=True)
+class BootCheck(Request):
+    """apt-ostree-boot-check.service's run at every boot (docs/boot.md): in this process,
+    like libostree's own finalization, before anyone could call the daemon."""
+
+    method: ClassVar[str] = "BootCheck"
+    action: ClassVar[str] = "deploy"
+    served: ClassVar[bool] = False
+    reboot: bool = option("--reboot", help="reboot into the previous deployment on failure")
+
+
 # ---- package layering and overrides ----
 
 LOCAL_PACKAGE_ACTION = "install-local-packages"
@@ -443,6 +454,7 @@ VERBS: tuple[Verb, ...] = (
     Verb(("cleanup",), Cleanup, "remove deployments and cached data"),
     Verb(("kargs",), KernelArgs, "show or change kernel arguments"),
     Verb(("finalize-deployment",), FinalizeDeployment, "let the staged deployment be finalized"),
+    Verb(("boot-check",), BootCheck, "bless a trial boot, or come back from a failed one"),
     Verb(("install",), Install, "layer packages (names, or local .deb files)"),
     Verb(("uninstall",), Uninstall, "remove layered packages", ("remove",)),
     Verb(("override", "remove"), OverrideRemove, "remove base packages"),

@@ -51,6 +51,11 @@ WIRE_TYPES: Mapping[str, str] = {
     "package-count": "u",
     "container-image-reference": "s",
     "container-image-reference-digest": "s",
+    "boot-trial": "s",
+    "boot-failure": "s",
+    # updates that failed their trial boot (status's boot-failures)
+    "reason": "s",
+    "time": "x",
     # package changes (db diff --json)
     "from": "s",
     "to": "s",
@@ -220,6 +225,8 @@ class DeploymentInfo:
     package_count: int | None = None
     container_image_reference: str | None = None
     container_image_digest: str | None = None
+    boot_trial: str | None = None  # "pending" (staged), "booting" (booted, not yet blessed)
+    boot_failure: str | None = None  # why its trial boot failed
 
     def to_wire(self) -> Wire:
         return {
@@ -253,6 +260,8 @@ class DeploymentInfo:
             "package-count": self.package_count,
             "container-image-reference": self.container_image_reference,
             "container-image-reference-digest": self.container_image_digest,
+            "boot-trial": self.boot_trial,
+            "boot-failure": self.boot_failure,
         }
 
     @staticmethod
@@ -283,6 +292,35 @@ class DeploymentInfo:
             container_image_digest=d.get("container-image-reference-digest"),
             initramfs_args=_tuple(d.get("initramfs-args")),
             package_count=d.get("package-count"),
+            boot_trial=d.get("boot-trial"),
+            boot_failure=d.get("boot-failure"),
+        )
+
+
+@dataclass(frozen=True)
+class BootFailure:
+    """An update whose trial boot failed: `upgrade` and automatic updates skip its base
+    commit until it is deployed explicitly."""
+
+    checksum: str
+    base_checksum: str
+    version: str | None
+    reason: str
+    time: int
+
+    def to_wire(self) -> Wire:
+        return {
+            "checksum": self.checksum,
+            "base-checksum": self.base_checksum,
+            "version": self.version,
+            "reason": self.reason,
+            "time": self.time,
+        }
+
+    @staticmethod
+    def from_wire(d: Mapping[str, Any]) -> BootFailure:
+        return BootFailure(
+            d["checksum"], d["base-checksum"], d.get("version"), d["reason"], d["time"]
         )
 
 
@@ -304,6 +342,7 @@ class StatusResult:
     transaction: TransactionInfo | None = None
     cached_update: CachedUpdate | None = None
     policy: str = "none"
+    boot_failures: tuple[BootFailure, ...] = ()
 
     @property
     def state(self) -> str:
@@ -317,6 +356,7 @@ class StatusResult:
             "cached-update": u.to_wire() if u else None,
             "state": self.state,
             "automatic-updates": self.policy,
+            "boot-failures": [f.to_wire() for f in self.boot_failures],
         }
 
 

@@ -11,14 +11,17 @@ daemon's) and the progress sink are arguments, never module state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from apt_ostree import keys, ostree
 from apt_ostree.accounts import merge_accounts
-from apt_ostree.config import load_config
+from apt_ostree.boot import trial
+from apt_ostree.config import DaemonConfig, load_config
 from apt_ostree.container.imageref import ImageReference
 from apt_ostree.container.importer import image_digests
 from apt_ostree.errors import ConfigError, DeploymentError, StateError, UsageError
@@ -28,7 +31,13 @@ from apt_ostree.origin import Origin, Refspec
 from apt_ostree.pkgdiff import diff_packages
 from apt_ostree.progress import Progress, human_size
 from apt_ostree.system.live_state import drop_stale_ref, read_state
-from apt_ostree.system.results import CachedUpdate, DeploymentInfo, Package, PackageDiff
+from apt_ostree.system.results import (
+    BootFailure,
+    CachedUpdate,
+    DeploymentInfo,
+    Package,
+    PackageDiff,
+)
 
 # what the last automatic check found, in the stateroot's /var (kept across reboots and the
 # daemon's idle exits; /var/lib/apt-ostree on a booted machine)
@@ -167,7 +176,15 @@ class System:
         return {"container_image_reference": str(o.refspec), "container_image_digest": digest}
 
     def status(self) -> tuple[DeploymentInfo, ...]:
-        return tuple(self.info(d) for d in self.sysroot.deployments())
+        state = self.trial_state()
+        return tuple(_with_trial(self.info(d), d, state) for d in self.sysroot.deployments())
+
+    def boot_failures(self) -> tuple[BootFailure, ...]:
+        """The updates that failed their trial boot (the blocklist), oldest first."""
+        return tuple(
+            BootFailure(f.checksum, f.base_checksum, f.version, f.reason, f.time)
+            for f in self.trial_state().failures
+        )
 
     def cached_update(self) -> CachedUpdate | None:
         """What the last automatic check found, unless it is deployed by now."""
@@ -189,19 +206,33 @@ class System:
         tmp.write_text(json.dumps(update.to_wire(), indent=2) + "\n")
         tmp.replace(path)
 
+    def config(self) -> DaemonConfig:
+        """The machine's /etc/apt-ostreed.conf (the merge deployment's /etc: the daemon's own
+        file on a booted machine); the defaults when it is missing or unreadable (the daemon
+        refuses a malformed file itself)."""
+        try:
+            return load_config(self.merge_deployment().path / "etc" / "apt-ostreed.conf")
+        except (ConfigError, DeploymentError, UsageError):
+            return DaemonConfig()
+
+    def trial_timeout(self) -> int:
+        return self.config().boot_trial_timeout
+
     def policy(self) -> str:
         """AutomaticUpdatePolicy of the machine's /etc/apt-ostreed.conf (the merge
         deployment's /etc: the daemon's own file on a booted machine); none when unset or
         unreadable (the daemon refuses a malformed file itself)."""
-        try:
-            etc = self.merge_deployment().path / "etc"
-            return load_config(etc / "apt-ostreed.conf").automatic_update_policy.value
-        except (ConfigError, DeploymentError, UsageError):
-            return "none"
+        return self.config().automatic_update_policy.value
 
     def var(self) -> Path:
         """The stateroot's /var (a booted machine's /var is bound from it)."""
         return self.sysroot.path / "ostree" / "deploy" / self.osname() / "var"
+
+    def trial_state(self) -> trial.TrialState:
+        try:
+            return trial.load(self.var())
+        except (StateError, UsageError):
+            return trial.TrialState()
 
     def own(self) -> list[ostree.Deployment]:
         """The deployments of our stateroot, in boot order."""
@@ -319,6 +350,8 @@ class System:
                 clean=not defer,
             )
             self._cleanup_due = self._cleanup_due or defer
+            if stage:
+                self._arm_trial(base)
             if root is not None:
                 added = merge_accounts(root)
                 if added:
@@ -327,11 +360,34 @@ class System:
                     )
         return checksum
 
+    def _arm_trial(self, base: str) -> None:
+        """Put the deployment just staged on trial at the next boot, where the machine boots
+        through apt-ostree's GRUB config and BootTrialTimeout is not 0 (docs/boot.md)."""
+        timeout = self.trial_timeout()
+        if timeout == 0 or not trial.enabled(self.sysroot.path):
+            return
+        deployments = self.sysroot.deployments()
+        staged = next((d for d in deployments if d.staged), None)
+        booted = next((d for d in deployments if d.booted), None)
+        if staged is None or booted is None:
+            return
+        version = self.commit(staged.checksum).version
+        t = trial.Trial(staged.id, staged.checksum, base, version, booted.id, int(time.time()))
+        trial.arm(self.sysroot.path, self.var(), t, timeout)
+
     def deployed_lines(self, new: str) -> tuple[str, ...]:
         c = self.commit(new)
         verb = "Staged" if self.sysroot.is_booted() else "Deployed"
         where = " (run `systemctl reboot` to start it)" if self.sysroot.is_booted() else ""
-        return (f"{verb} {new} (version {c.version or '-'}){where}",)
+        lines = [f"{verb} {new} (version {c.version or '-'}){where}"]
+        t = trial.load(self.var()).trial if self.sysroot.is_booted() else None
+        if t is not None and t.checksum == new:
+            lines.append(
+                f"The next boot is a trial: it becomes the default once it passes the health"
+                f" checks within {self.trial_timeout()} s, else the current deployment boots"
+                " again by itself."
+            )
+        return tuple(lines)
 
     def run_deferred_cleanup(self, progress: Progress) -> None:
         """The cleanup `Settings.defer_cleanup` left; a sysroot locked by another process is
@@ -342,6 +398,20 @@ class System:
         sysroot = ostree.Sysroot(self.sysroot.path)
         with progress.step("Removing dropped deployments and pruning"), sysroot.locked():
             sysroot.cleanup()
+
+
+def _with_trial(
+    info: DeploymentInfo, d: ostree.Deployment, state: trial.TrialState
+) -> DeploymentInfo:
+    on_trial = state.trial is not None and state.trial.deployment == d.id
+    failure = state.failure_of(d.checksum)
+    if not on_trial and failure is None:
+        return info
+    return dataclasses.replace(
+        info,
+        boot_trial=("booting" if d.booted else "pending") if on_trial else None,
+        boot_failure=failure.reason if failure else None,
+    )
 
 
 def commit_packages(repo: ostree.Repo, checksum: str) -> tuple[tuple[str, str, str], ...]:

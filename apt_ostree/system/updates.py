@@ -13,13 +13,14 @@ from pathlib import Path
 
 from apt_ostree import ostree
 from apt_ostree.aptpkg.dpkg import version_compare
+from apt_ostree.boot import trial
 from apt_ostree.container import importer
 from apt_ostree.container.imageref import ImageReference
 from apt_ostree.errors import DeploymentError, UsageError
 from apt_ostree.layering.build import remove_base_trees
 from apt_ostree.origin import CHECKSUM_RE, Origin, Refspec
 from apt_ostree.progress import Progress
-from apt_ostree.system import containers
+from apt_ostree.system import containers, trials
 from apt_ostree.system.requests import (
     Cleanup,
     Deploy,
@@ -72,6 +73,7 @@ def upgrade(system: System, request: Upgrade) -> Outcome:
             system.fetch_commit(origin.refspec, new)
         if request.download_only:
             return Outcome(True, (f"Downloaded {new} (version {target.version or '-'})",))
+        trials.refuse_blocked(system, new)
         deployed = system.deploy(new, origin, merge)
         return _deployed(system, merge, deployed)
 
@@ -162,6 +164,8 @@ def deploy(system: System, request: Deploy) -> Outcome:
         system.fetch_commit(origin.refspec, checksum)
         if checksum == merge.checksum and origin.override_commit == checksum:
             return Outcome(False, (f"Already deployed: {checksum}",))
+        if trial.unblock(system.var(), checksum):  # deployed explicitly: tried again
+            system.progress.message(f"    {checksum[:12]} failed a trial boot before: trying again")
         return _deploy_target(system, merge, origin.with_pin(checksum), origin.refspec, checksum)
 
 
@@ -226,6 +230,7 @@ def rollback(system: System, request: Rollback) -> Outcome:
                 f" {len(own)} deployment(s)"
             )
         system.sysroot.write_order([target] + [d for d in all_ if d != target])
+        trial.disarm(system.sysroot.path, system.var())  # a rollback is never a trial
         c = system.commit(target.checksum)
         return Outcome(
             True,

@@ -314,18 +314,33 @@ def _register_image(sub: Any) -> None:
     image.add_argument(
         "--bootloader",
         choices=[b.value for b in image_mod.Bootloader],
-        default=image_mod.Bootloader.SYSTEMD_BOOT.value,
-        help="systemd-boot (UEFI, the default) or grub (BIOS: GRUB 2.06 from grub-pc-bin,"
-        " following libostree's /boot/loader/syslinux.cfg)",
+        default=None,
+        help="systemd-boot (UEFI, the default), grub (BIOS: GRUB 2.06 from grub-pc-bin,"
+        " following libostree's /boot/loader/syslinux.cfg) or grub-efi (UEFI: Debian's signed"
+        " shim and GRUB, following libostree's deployments through a generated grub.cfg)",
+    )
+    image.add_argument(
+        "--secure-boot",
+        action="store_true",
+        help="grub-efi, and refuse a commit whose kernel (or shim, or GRUB) is not signed",
     )
     image.add_argument("--osname", default="debian", help="the stateroot (default debian)")
     image.add_argument(
         "--cachedir",
         type=Path,
         default=image_mod.DEFAULT_CACHEDIR,
-        help=f"where systemd-boot's EFI ext4 driver is kept (default {image_mod.DEFAULT_CACHEDIR})",
+        help="where systemd-boot's EFI ext4 driver and the signed shim and GRUB .debs are kept"
+        f" (default {image_mod.DEFAULT_CACHEDIR})",
     )
     image.set_defaults(func=cmd_image)
+
+
+def _bootloader(args: argparse.Namespace) -> image_mod.Bootloader:
+    """--bootloader, default systemd-boot; --secure-boot means grub-efi."""
+    if args.bootloader is None:
+        grub_efi = image_mod.Bootloader.GRUB_EFI
+        return grub_efi if args.secure_boot else image_mod.Bootloader.SYSTEMD_BOOT
+    return image_mod.Bootloader(args.bootloader)
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -345,7 +360,8 @@ def cmd_image(args: argparse.Namespace) -> int:
         size=image_mod.parse_size(args.size),
         kargs=tuple(args.karg),
         remote=remote,
-        bootloader=image_mod.Bootloader(args.bootloader),
+        bootloader=_bootloader(args),
+        secure_boot=args.secure_boot,
         osname=args.osname,
         cachedir=args.cachedir.absolute(),
     )

@@ -5,14 +5,15 @@ The layout is one that boots with Debian 12's libostree 2022.7:
 | # | partition | type | content |
 | - | --- | --- | --- |
 | 1 | BIOS boot, 1 MiB | `ef02` | GRUB's core image (`--bootloader grub`) |
-| 2 | EFI system partition, FAT | `ef00` | systemd-boot and rEFInd's ext4 driver (empty for grub) |
-| 3 | /boot, ext4, label `boot` | XBOOTLDR | BLS entries (grub: syslinux.cfg), kernels, initramfs |
+| 2 | ESP, FAT | `ef00` | systemd-boot, rEFInd's ext4 driver; grub-efi: shim, GRUB; grub: empty |
+| 3 | /boot, ext4, label `boot` | XBOOTLDR | BLS entries (grub: syslinux.cfg, grub-efi: grub.cfg) |
 | 4 | root, ext4, label `root` | Linux x86-64 root | the sysroot: `ostree/repo`, `ostree/deploy` |
 
 /boot is its own ext4 partition because libostree swaps `/boot/loader` as a symlink, which
 FAT cannot hold; libostree 2022.7 then writes entry paths relative to that partition, which is
 what systemd-boot (XBOOTLDR, read through rEFInd's ext4 driver) and GRUB both want. How GRUB
-follows libostree's deployments under BIOS: see `grub.py`.
+follows libostree's deployments under BIOS: see `grub.py`; under UEFI through Debian's signed
+shim and GRUB (Secure Boot): see `efi.py`.
 
 Nothing is mounted and no loop device is used: the sysroot is deployed by libostree into a
 scratch folder, each ext4 filesystem is written from a folder straight into its partition of the
@@ -36,7 +37,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from apt_ostree import ostree
-from apt_ostree.compose import grub
+from apt_ostree.boot import grubenv
+from apt_ostree.compose import efi, grub
 from apt_ostree.errors import CommandError, ImageError, UsageError
 from apt_ostree.origin import Origin, Refspec
 from apt_ostree.progress import Progress, human_size
@@ -65,6 +67,7 @@ DEFAULT_CACHEDIR = Path("/var/cache/apt-ostree/image")
 class Bootloader(StrEnum):
     SYSTEMD_BOOT = "systemd-boot"
     GRUB = "grub"
+    GRUB_EFI = "grub-efi"
 
 
 class ImageFormat(StrEnum):
@@ -98,6 +101,8 @@ class ImageOptions:
     # for provisioning (a network config, a unit): they are /etc edits, kept by upgrades
     etc_files: Mapping[str, bytes] = field(default_factory=dict)
     cachedir: Path = DEFAULT_CACHEDIR
+    # grub-efi, and every piece of the boot chain checked to be signed (kernels included)
+    secure_boot: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,8 @@ def _check(opts: ImageOptions) -> None:
         raise UsageError(f"{opts.ref}: no such ref in {opts.repo}")
     if opts.bootloader is Bootloader.GRUB and (why := grub.check_available()) is not None:
         raise UsageError(why)
+    if opts.secure_boot and opts.bootloader is not Bootloader.GRUB_EFI:
+        raise UsageError(f"--secure-boot needs --bootloader grub-efi, not {opts.bootloader}")
     for path in opts.etc_files:
         if path.startswith("/") or ".." in Path(path).parts:
             raise UsageError(f"etc file {path!r}: expected a path relative to /etc")
@@ -215,17 +222,26 @@ def _build(
     opts: ImageOptions, parts: list[Partition], scratch: Path, raw: Path, progress: Progress
 ) -> ImageResult:
     systemd_boot = opts.bootloader is Bootloader.SYSTEMD_BOOT
+    grub_efi = opts.bootloader is Bootloader.GRUB_EFI
     driver = ext4_driver(opts.cachedir, progress) if systemd_boot else None
     kargs = default_kargs(opts.kargs)
-    checksum = _deploy(opts, scratch / "sysroot", kargs, progress)
+    sysroot = scratch / "sysroot"
+    checksum = _pull(opts, sysroot, progress)
+    tree = scratch / "tree"
+    ostree.Repo.open(sysroot / "ostree" / "repo").checkout_hardlinked(checksum, tree)
+    esp_files = _grub_efi_files(opts, tree, scratch, progress) if grub_efi else None
+    _deploy(opts, sysroot, tree, checksum, kargs, progress)
+    ostree.remove_sysroot(tree)
     boot = scratch / "boot"
-    (scratch / "sysroot" / "boot").rename(boot)
-    (scratch / "sysroot" / "boot").mkdir()
-    if not systemd_boot:
+    (sysroot / "boot").rename(boot)
+    (sysroot / "boot").mkdir()
+    if opts.bootloader is Bootloader.GRUB:
         grub.install_files(boot)
-    _check_fits(scratch / "sysroot", parts[3], "the sysroot")
+    elif esp_files is not None:
+        esp_files = [*esp_files, _seed_grub_efi_boot(boot, scratch)]
+    _check_fits(sysroot, parts[3], "the sysroot")
     _check_fits(boot, parts[2], "/boot")
-    write_disk(raw, opts.size, parts, scratch / "sysroot", boot, driver, progress)
+    write_disk(raw, opts.size, parts, sysroot, boot, driver, progress, esp_files=esp_files)
     if opts.format is ImageFormat.QCOW2:
         with progress.step("Converting to qcow2"):
             partial = _partial(opts.output)
@@ -241,6 +257,45 @@ def _build(
     return ImageResult(opts.output, checksum, info.version, used, kargs)
 
 
+def _grub_efi_files(
+    opts: ImageOptions, tree: Path, scratch: Path, progress: Progress
+) -> list[tuple[Path, str]]:
+    """For grub-efi, before anything is deployed: the commit's kernels signed (--secure-boot),
+    its GRUB generator and libostree there, and the signed binaries for the ESP
+    (source, ESP path)."""
+    kernels = efi.check_kernels_signed(tree) if opts.secure_boot else []
+    efi.check_generator(tree)
+    if not (tree / "usr/bin/ostree").exists():
+        raise ImageError("--bootloader grub-efi: the commit has no /usr/bin/ostree to deploy it")
+    files = efi.collect(tree, scratch / "efi", opts.cachedir, progress)
+    if opts.secure_boot:
+        with progress.step("Checking the Secure Boot chain's signatures"):
+            efi.check_signed(files)
+            for f in files:
+                progress.message(f"    {f.binary.what}: signed ({f.origin})")
+            for kernel in kernels:
+                progress.message(f"    kernel: signed (/{kernel.relative_to(tree)})")
+    else:
+        for f in files:
+            progress.message(f"    {f.binary.what}: {f.origin}")
+    return [(f.source, f"EFI/BOOT/{f.binary.esp_name}") for f in files]
+
+
+def _seed_grub_efi_boot(boot: Path, scratch: Path) -> tuple[Path, str]:
+    """/boot's GRUB environment block (the generated config saves to it, and GRUB's save_env
+    only rewrites a file that exists at its full size), and the ESP's fixed grub.cfg."""
+    if not (boot / "loader" / "grub.cfg").is_file():
+        raise ImageError(
+            "the image's libostree wrote no /boot/loader/grub.cfg"
+            f" (sysroot.bootloader=grub2, {efi.GENERATOR_ENV}=/{efi.GENERATOR})"
+        )
+    (boot / "grub").mkdir(exist_ok=True)
+    grubenv.write(boot / efi.GRUBENV, {})
+    cfg = scratch / "esp-grub.cfg"
+    cfg.write_text(efi.ESP_GRUB_CFG.format(label=BOOT_LABEL))
+    return cfg, efi.ESP_GRUB_CFG_PATH
+
+
 def write_disk(
     raw: Path,
     size: int,
@@ -249,13 +304,20 @@ def write_disk(
     boot: Path,
     driver: Path | None,
     progress: Progress,
+    *,
+    esp_files: Sequence[tuple[Path, str]] | None = None,
 ) -> None:
-    """Write the GPT disk `raw`: partitions of `layout()`, the ESP with systemd-boot (its ext4
-    `driver`), or GRUB's boot code and an empty ESP when `driver` is None, and the folders
-    `boot` and `root` as the XBOOTLDR and root ext4 filesystems."""
+    """Write the GPT disk `raw`: partitions of `layout()`; the ESP with `esp_files` (grub-efi:
+    (source, path on the ESP)), or with systemd-boot and its ext4 `driver`, or else GRUB's
+    boot code and an empty ESP; the folders `boot` and `root` as the XBOOTLDR and root ext4
+    filesystems."""
     with progress.step("Partitioning"):
         _partition(raw, size, parts)
-    if driver is not None:
+    if esp_files is not None:
+        with progress.step("Writing the EFI system partition (shim, GRUB)"):
+            _format_esp(raw, parts[1])
+            _copy_to_esp(raw, parts[1], esp_files)
+    elif driver is not None:
         with progress.step("Writing the EFI system partition (systemd-boot)"):
             _format_esp(raw, parts[1])
             _fill_esp(raw, parts[1], driver)
@@ -271,17 +333,18 @@ def write_disk(
         _mkfs_ext4(raw, parts[3], ROOT_LABEL, root)
 
 
-def _deploy(opts: ImageOptions, path: Path, kargs: Sequence[str], progress: Progress) -> str:
-    """The sysroot of the image: its layout, remote and objects made here; the deployment
-    itself made by the image's own libostree (`deploy_with_tree`), so that what it writes
-    (boot entries, and on releases that have them composefs images) is what the image's
-    release does, not this build host's."""
+def _pull(opts: ImageOptions, path: Path, progress: Progress) -> str:
+    """The sysroot of the image: its layout, remote and objects, and the repository's
+    bootloader setting; the commit's checksum."""
     with progress.step(f"Pulling {opts.ref} into a scratch sysroot"):
         sysroot = ostree.Sysroot.initialize(path, opts.osname)
         if opts.bootloader is Bootloader.GRUB:
             # libostree then rewrites /boot/loader/syslinux.cfg at every deployment write
             sysroot.repo.set_config("sysroot", "bootloader", "syslinux")
             grub.seed_boot(path / "boot")
+        elif opts.bootloader is Bootloader.GRUB_EFI:
+            # libostree then runs $OSTREE_GRUB2_EXEC for /boot/loader.N/grub.cfg (efi.py)
+            sysroot.repo.set_config("sysroot", "bootloader", "grub2")
         remote = opts.remote
         if remote is not None:
             sysroot.repo.add_remote(
@@ -290,31 +353,48 @@ def _deploy(opts: ImageOptions, path: Path, kargs: Sequence[str], progress: Prog
                 gpg_verify=remote.gpg_keyring is not None,
                 gpg_keyring=remote.gpg_keyring,
             )
-        repo = sysroot.repo
-        checksum = repo.pull_local(opts.repo, opts.ref, remote=remote.name if remote else None)
+        return sysroot.repo.pull_local(opts.repo, opts.ref, remote=remote.name if remote else None)
+
+
+def _deploy(
+    opts: ImageOptions, path: Path, tree: Path, checksum: str, kargs: Sequence[str],
+    progress: Progress,
+) -> None:  # fmt: skip
+    """The deployment of `checksum` (checked out at `tree`) in the sysroot at `path`, made by
+    the image's own libostree (`deploy_with_tree`), so that what it writes (boot entries, and
+    on releases that have them composefs images) is what the image's release does, not this
+    build host's."""
+    remote = opts.remote
     origin = Origin(Refspec(remote.name if remote else None, opts.ref)).to_text()
+    env: dict[str, str] = {}
+    if opts.bootloader is Bootloader.GRUB_EFI:
+        env[efi.GENERATOR_ENV] = f"/{efi.GENERATOR}"
     with progress.step(f"Deploying {checksum[:12]}"):
-        tree = path.parent / "tree"
-        repo.checkout_hardlinked(checksum, tree)
         if (tree / "usr/bin/ostree").exists():
-            version = deploy_with_tree(tree, path, opts.osname, checksum, origin, kargs)
+            version = deploy_with_tree(tree, path, opts.osname, checksum, origin, kargs, env=env)
             progress.message(f"    deployed with the image's own libostree {version}")
         else:  # an image without the ostree command: this host's libostree deploys it
+            sysroot = ostree.Sysroot(path)
             with sysroot.locked():
                 sysroot.deploy(opts.osname, checksum, origin, merge=None, kargs=kargs, stage=False)
             progress.message("    deployed with this host's libostree (the image has no ostree)")
-        ostree.remove_sysroot(tree)
     deployment = ostree.Sysroot(path).deployments()[0]
     _write_etc(deployment.path / "etc", opts.etc_files)
-    return checksum
 
 
 def deploy_with_tree(
-    tree: Path, sysroot: Path, osname: str, checksum: str, origin: str, kargs: Sequence[str]
+    tree: Path,
+    sysroot: Path,
+    osname: str,
+    checksum: str,
+    origin: str,
+    kargs: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
 ) -> str:
     """`ostree admin deploy` of `checksum` into `sysroot`, run from the commit's own tree (a
     hardlinked checkout, bound read-only) in bubblewrap, as bootc installs from the image it
-    runs. Returns the tree's libostree version."""
+    runs, with `env` added to its environment. Returns the tree's libostree version."""
     (tree / "etc").mkdir(exist_ok=True)  # a mount point in the checkout's folder, no object
     origin_file = sysroot / "ostree" / "apt-ostree-image.origin"
     origin_file.write_text(origin)
@@ -327,7 +407,7 @@ def deploy_with_tree(
             # --karg-append: --karg would let a later console= replace an earlier one
             *(f"--karg-append={k}" for k in kargs), checksum,
         ]  # fmt: skip
-        run_in_tree(tree, argv, binds=binds, readonly=True, what="ostree admin deploy")
+        run_in_tree(tree, argv, binds=binds, env=env, readonly=True, what="ostree admin deploy")
     except CommandError as e:
         raise ImageError(f"the image's libostree could not deploy it: {e}") from e
     finally:
@@ -404,27 +484,27 @@ def _format_esp(raw: Path, esp: Partition) -> None:
 
 
 def _fill_esp(raw: Path, esp: Partition, driver: Path) -> None:
-    image = f"{raw}@@{esp.start}"
-    for folder in (
-        "::/EFI",
-        "::/EFI/BOOT",
-        "::/EFI/systemd",
-        "::/EFI/systemd/drivers",
-        "::/loader",
-    ):
-        run(["mmd", "-i", image, folder], what="mmd")
     with tempfile.TemporaryDirectory(prefix="apt-ostree-esp-") as tmp:
         conf = Path(tmp) / "loader.conf"
         # the default entry is libostree's default deployment: it has the highest version
         conf.write_text("timeout 0\nconsole-mode keep\neditor no\n")
         copies = [
-            (SYSTEMD_BOOT_EFI, "::/EFI/BOOT/BOOTX64.EFI"),  # the removable-media path
-            (SYSTEMD_BOOT_EFI, "::/EFI/systemd/systemd-bootx64.efi"),
-            (driver, "::/EFI/systemd/drivers/ext4_x64.efi"),
-            (conf, "::/loader/loader.conf"),
+            (SYSTEMD_BOOT_EFI, "EFI/BOOT/BOOTX64.EFI"),  # the removable-media path
+            (SYSTEMD_BOOT_EFI, "EFI/systemd/systemd-bootx64.efi"),
+            (driver, "EFI/systemd/drivers/ext4_x64.efi"),
+            (conf, "loader/loader.conf"),
         ]
-        for source, dest in copies:
-            run(["mcopy", "-i", image, source, dest], what="mcopy")
+        _copy_to_esp(raw, esp, copies)
+
+
+def _copy_to_esp(raw: Path, esp: Partition, copies: Sequence[tuple[Path, str]]) -> None:
+    """mtools' copies of (source, path on the ESP), the folders made first."""
+    image = f"{raw}@@{esp.start}"
+    folders = sorted({str(p) for _, dest in copies for p in Path(dest).parents if p != Path(".")})
+    for folder in sorted(folders, key=lambda f: f.count("/")):
+        run(["mmd", "-i", image, f"::/{folder}"], what="mmd")
+    for source, dest in copies:
+        run(["mcopy", "-i", image, source, f"::/{dest}"], what="mcopy")
 
 
 def _mkfs_ext4(raw: Path, part: Partition, label: str, content: Path) -> None:

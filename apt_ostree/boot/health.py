@@ -102,8 +102,9 @@ def run_check(argv: Sequence[str], name: str, kind: Kind, timeout: float) -> Che
     except CommandError as e:  # not there, or no answer in time
         return CheckResult(name, kind, False, str(e))
     out = _tail(proc.stdout)
-    if proc.returncode != 0:
-        out = f"{out}\nexit status {proc.returncode}".strip()
+    if proc.returncode != 0:  # the status after the last line: `status` shows that line
+        status = f"exit status {proc.returncode}"
+        out = f"{out} ({status})" if out else status
     return CheckResult(name, kind, proc.returncode == 0, out)
 
 

@@ -33,6 +33,7 @@ VM_GROUP_TESTS = (
     "tests/vm/test_image.py",
     "tests/vm/test_live.py",
     "tests/vm/test_grub.py",
+    "tests/vm/test_secureboot.py",
 )
 
 

@@ -174,7 +174,7 @@ def test_health_checks(tmp_path: Path) -> None:
     assert [r.name for r in report.results] == ["required-units", "10-packaged", "30-nice"]
     assert (
         report.failures(health.Kind.WANTED)[0].line()
-        == "wanted check 30-nice failed: exit status 2"
+        == "wanted check 30-nice failed: meh (exit status 2)"
     )
     _check(tmp_path, f"{etc}/required.d", "40-disk", "#!/bin/sh\necho /var is full; exit 1\n")
     report = health.run_checks(tmp_path)

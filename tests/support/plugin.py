@@ -34,6 +34,7 @@ VM_GROUP_TESTS = (
     "tests/vm/test_live.py",
     "tests/vm/test_grub.py",
     "tests/vm/test_secureboot.py",
+    "tests/vm/test_trial.py",
 )
 
 

@@ -109,8 +109,10 @@ def test_trial_boots_fall_back_and_bless(apt_ostree_repo: ComposedRepo, tmp_path
     with serve_directory(repo) as updates:
         remote = image.UpdateRemote("origin", f"http://{vm.HOST_FROM_GUEST}:{updates.port}/")
         disk = tmp_path / "disk.raw"
-        opts = image.ImageOptions(repo=repo, ref=composed.ref, output=disk, remote=remote,
-                                  etc_files=ETC_FILES, bootloader=image.Bootloader.GRUB_EFI)  # fmt: skip
+        opts = image.ImageOptions(
+            repo=repo, ref=composed.ref, output=disk, remote=remote, etc_files=ETC_FILES,
+            bootloader=image.Bootloader.GRUB_EFI,
+        )  # fmt: skip
         image.build_image(opts, Progress())
         serve_next(repo)
         with vm.boot(disk, tmp_path / "vm", timeout=BOOT_TIMEOUT, watchdog=True) as guest:

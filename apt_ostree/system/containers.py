@@ -14,6 +14,7 @@ from apt_ostree.errors import UsageError
 from apt_ostree.layering import build
 from apt_ostree.origin import Origin
 from apt_ostree.pkgdiff import diff_packages
+from apt_ostree.system import trials
 from apt_ostree.system.requests import Upgrade
 from apt_ostree.system.results import Outcome
 from apt_ostree.system.sysroot import CommitSummary, System
@@ -45,7 +46,8 @@ def upgrade(
     if request.download_only:
         version = pulled.image.version or "-"
         return Outcome(True, (f"Downloaded {pulled.checksum} (version {version})",))
-    return deploy(system, merge, origin, pulled)
+    trials.refuse_blocked(system, pulled.checksum)
+    return deploy(system, merge, origin, pulled, verify=request.verify)
 
 
 def _deriver(system: System, origin: Origin) -> importer.Derive:
@@ -108,12 +110,18 @@ def _check(
 
 
 def deploy(
-    system: System, merge: ostree.Deployment, origin: Origin, pulled: importer.Pulled
+    system: System,
+    merge: ostree.Deployment,
+    origin: Origin,
+    pulled: importer.Pulled,
+    *,
+    verify: bool = False,
 ) -> Outcome:
     deployed = system.deploy(pulled.checksum, origin, merge)
+    verified = (trials.verify_new(system, deployed),) if verify else ()
     c = system.commit(deployed)
     diff = system.package_diff(merge.checksum, deployed)
-    lines = (*system.deployed_lines(deployed), f"  image digest: {pulled.image.digest}")
+    lines = (*system.deployed_lines(deployed), f"  image digest: {pulled.image.digest}", *verified)
     return Outcome(True, lines, diff, deployed, c.version, deployed=True)
 
 

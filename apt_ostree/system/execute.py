@@ -120,7 +120,7 @@ def automatic_update(system: System, request: AutomaticUpdate) -> Outcome:
         return check
     if check.checksum is not None and (blocked := trials.blocked_line(system, check.checksum)):
         return Outcome(False, (*check.lines, blocked), check.diff, check.checksum, check.version)
-    staged = updates.upgrade(system, Upgrade())
+    staged = updates.upgrade(system, Upgrade(verify=system.config().verify_updates))
     return Outcome(check.changed, check.lines, check.diff, check.checksum, check.version,
                    then=staged)  # fmt: skip
 

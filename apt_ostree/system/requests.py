@@ -176,6 +176,10 @@ class Upgrade(Request):
     download_only: bool = option("--download-only", help="pull, do not deploy")
     cache_only: bool = option("-C", "--cache-only", help="deploy what was downloaded")
     allow_downgrade: bool = option("--allow-downgrade", help="accept an older commit")
+    verify: bool = option(
+        "--verify", help="boot the new deployment in a container first; keep it only if the"
+        " required health checks pass there",
+    )  # fmt: skip
     reboot: bool = _REBOOT
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from apt_ostree import keys, ostree
 from apt_ostree.boot import health, trial
-from apt_ostree.errors import RefusedError
+from apt_ostree.errors import AptOstreeError, RefusedError
 from apt_ostree.run import run
 from apt_ostree.system.requests import BootCheck
 from apt_ostree.system.results import Outcome
@@ -33,6 +33,39 @@ def blocked_line(system: System, base: str) -> str | None:
     if failure is None:
         return None
     return f"Not staging {base[:12]}: it failed its trial boot ({failure.reason})"
+
+
+VERIFY_TIMEOUT = 300.0  # seconds for the container's boot and checks
+
+
+def verify_new(system: System, checksum: str) -> str:
+    """`upgrade --verify`: boot the deployment just made (staged on a booted machine, the
+    default in a folder sysroot) in a container and run the required health checks there.
+    On failure it is dropped, with its trial, and the deployments are as they were."""
+    from apt_ostree.boot.verify import verify_tree
+
+    deployments = system.sysroot.deployments()
+    staged = [d for d in deployments if d.staged]
+    new = staged[0] if staged else deployments[0]
+    try:
+        report = verify_tree(new.path, timeout=VERIFY_TIMEOUT, progress=system.progress)
+    except AptOstreeError:
+        _drop(system, new)
+        raise
+    if report.ok:
+        return f"Verified {checksum[:12]} in a container: the required health checks pass."
+    _drop(system, new)
+    raise RefusedError(
+        f"{checksum[:12]} failed its checks in a container: {report.reason()};"
+        " the deployments are as they were"
+    )
+
+
+def _drop(system: System, new: ostree.Deployment) -> None:
+    """Take the deployment `verify_new` checked out of the list again, with its trial."""
+    system.sysroot.write_order([d for d in system.sysroot.deployments() if d.id != new.id])
+    trial.disarm(system.sysroot.path, system.var())
+    system.sysroot.cleanup()
 
 
 def _reorder(system: System, deployment_id: str) -> None:

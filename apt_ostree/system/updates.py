@@ -9,6 +9,7 @@ stay available for rollback.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from apt_ostree import ostree
@@ -75,7 +76,9 @@ def upgrade(system: System, request: Upgrade) -> Outcome:
             return Outcome(True, (f"Downloaded {new} (version {target.version or '-'})",))
         trials.refuse_blocked(system, new)
         deployed = system.deploy(new, origin, merge)
-        return _deployed(system, merge, deployed)
+        verified = trials.verify_new(system, deployed) if request.verify else None
+        outcome = _deployed(system, merge, deployed)
+        return replace(outcome, lines=(*outcome.lines, verified)) if verified else outcome
 
 
 def _new_commit(system: System, refspec: Refspec, *, cache_only: bool) -> str:

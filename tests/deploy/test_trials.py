@@ -269,3 +269,14 @@ def test_no_rollback_is_a_trial(machine: Machine) -> None:
     m.change(Upgrade())
     m.change(Rollback())
     assert trial.load(var).trial is None and grubenv.read(m.path / trial.GRUBENV) == {}
+
+
+def test_verify_refuses_and_changes_nothing(machine: Machine) -> None:
+    """`upgrade --verify` of a tree that cannot boot in a container (the test images have no
+    systemd): one error line, and the deployments are as they were."""
+    before = machine.snapshot()
+    refused = cli("upgrade", "--verify", *machine.args())
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "systemd" in refused.error_line, refused.error_line
+    assert machine.snapshot() == before
+    assert machine.versions() == ["1.0"]

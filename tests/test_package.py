@@ -126,7 +126,7 @@ def test_name_version_and_relations(deb: Path) -> None:
     for needed in ("python3", "python3-apt", "python3-gi", "gir1.2-ostree-1.0", "python3-yaml",
                    "python3-dasbus", "bubblewrap", "ostree", "dbus"):  # fmt: skip
         assert needed in depends
-    assert dpkg_field(deb, "Recommends") == "polkitd, skopeo"
+    assert dpkg_field(deb, "Recommends") == "polkitd, skopeo, systemd-container"
     info = subprocess.run(["dpkg-deb", "--info", deb], capture_output=True, text=True, check=True)
     assert "conffiles" in info.stdout and "postinst" in info.stdout
 
@@ -324,7 +324,10 @@ def test_no_boot_stack_is_pulled(debian_build: Path, deb: Path, compose_deb: Pat
         for name in ("Pre-Depends", "Depends", "Recommends"):
             bad = {n for n in _names(dpkg_field(built, name)) if NEVER.fullmatch(n)}
             assert not bad, (built.name, name, bad)
-    assert dpkg_field(_debian_deb(debian_build, CLIENT), "Recommends") == "polkitd, skopeo"
+    assert (
+        dpkg_field(_debian_deb(debian_build, CLIENT), "Recommends")
+        == "polkitd, skopeo, systemd-container"
+    )
     # what apt would do here, Recommends included: install, never remove
     proc = subprocess.run(
         ["apt-get", "install", "-s", "-o", "APT::Install-Recommends=true",

@@ -73,11 +73,15 @@ class Trial:
 
 @dataclass(frozen=True)
 class Failure:
+    deployment: str  # ostree.Deployment.id of the deployment whose trial failed
     checksum: str
     base_checksum: str  # the update that failed: what the blocklist holds
     version: str | None
     reason: str
     time: int
+    # False when the machine came back to a deployment of the same base (a kernel argument
+    # or layering change failed): that base boots, so it is not blocked
+    blocked: bool = True
 
 
 @dataclass(frozen=True)
@@ -86,10 +90,15 @@ class TrialState:
     failures: tuple[Failure, ...] = ()
 
     def blocked(self, base_checksum: str) -> Failure | None:
-        return next((f for f in reversed(self.failures) if f.base_checksum == base_checksum), None)
+        return next(
+            (f for f in reversed(self.blocklist()) if f.base_checksum == base_checksum), None
+        )
 
-    def failure_of(self, checksum: str) -> Failure | None:
-        return next((f for f in reversed(self.failures) if f.checksum == checksum), None)
+    def blocklist(self) -> tuple[Failure, ...]:
+        return tuple(f for f in self.failures if f.blocked)
+
+    def failure_of(self, deployment_id: str) -> Failure | None:
+        return next((f for f in reversed(self.failures) if f.deployment == deployment_id), None)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -171,10 +180,16 @@ def unblock(var: Path, base_checksum: str) -> bool:
     return kept != state.failures
 
 
-def record_failure(var: Path, state: TrialState, reason: str) -> TrialState:
+def record_failure(
+    var: Path, state: TrialState, reason: str, *, back_on: str | None = None
+) -> TrialState:
+    """Record the failure of the trial; `back_on` is the base commit the machine runs again."""
     assert state.trial is not None
     t = state.trial
-    failure = Failure(t.checksum, t.base_checksum, t.version, reason, int(time.time()))
+    failure = Failure(
+        t.deployment, t.checksum, t.base_checksum, t.version, reason, int(time.time()),
+        blocked=back_on != t.base_checksum,
+    )  # fmt: skip
     new = TrialState(None, (*state.failures, failure)[-KEPT_FAILURES:])
     save(var, new)
     return new

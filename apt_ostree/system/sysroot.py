@@ -183,7 +183,7 @@ class System:
         """The updates that failed their trial boot (the blocklist), oldest first."""
         return tuple(
             BootFailure(f.checksum, f.base_checksum, f.version, f.reason, f.time)
-            for f in self.trial_state().failures
+            for f in self.trial_state().blocklist()
         )
 
     def cached_update(self) -> CachedUpdate | None:
@@ -404,7 +404,7 @@ def _with_trial(
     info: DeploymentInfo, d: ostree.Deployment, state: trial.TrialState
 ) -> DeploymentInfo:
     on_trial = state.trial is not None and state.trial.deployment == d.id
-    failure = state.failure_of(d.checksum)
+    failure = state.failure_of(d.id)
     if not on_trial and failure is None:
         return info
     return dataclasses.replace(

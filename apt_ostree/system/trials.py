@@ -105,7 +105,8 @@ def boot_check(system: System, request: BootCheck) -> Outcome:
             case trial.Verdict.FELL_BACK:
                 assert booted is not None
                 note = _deadline_note(var)
-                trial.record_failure(var, state, note or trial.NO_BLESSING)
+                back_on = system.commit(booted.checksum).base_checksum
+                trial.record_failure(var, state, note or trial.NO_BLESSING, back_on=back_on)
                 _reorder(system, booted.id)
                 trial.disarm(path, var)
                 return Outcome(True, (f"The trial of {state.trial.checksum[:12]} failed: "  # type: ignore[union-attr]
@@ -130,8 +131,9 @@ def _check_trial(
             True, (f"The trial boot of {t.checksum[:12]} passed: it is the default now.",)
         )
     reason = report.reason()
-    trial.record_failure(var, state, reason)
     previous = next((d for d in system.sysroot.deployments() if d.id == t.previous), None)
+    back_on = system.commit(previous.checksum).base_checksum if previous else None
+    trial.record_failure(var, state, reason, back_on=back_on)
     if previous is not None:
         _reorder(system, previous.id)
     trial.disarm(path, var)

@@ -246,6 +246,14 @@ def _info(
                           boot_failure=failure)  # fmt: skip
 
 
+def test_failure_on_the_same_base_blocks_nothing(tmp_path: Path) -> None:
+    """A kernel-argument trial that failed back onto its own base: shown, not blocked."""
+    state = trial.TrialState(_trial("same", "same"))
+    new = trial.record_failure(tmp_path, state, "hung", back_on="same")
+    assert new.failure_of("debian-same.0") is not None and new.blocklist() == ()
+    assert trial.load(tmp_path) == new and new.blocked("same") is None
+
+
 def test_status_shows_trial_and_failure() -> None:
     """The rows `status` prints for a deployment on trial and one that failed its trial."""
     lines = render_status(

@@ -113,7 +113,8 @@ def apt_ostree_treefile(folder: Path, debs: AptRepo) -> Path:
         "include": str(EXAMPLES / "minimal.yaml"),
         "ref": APT_OSTREE_REF,
         "repos": [*host, ours],
-        "packages": ["apt-ostree", "skopeo"],  # skopeo: apt-ostree recommends it (images)
+        # what apt-ostree recommends: skopeo (images), systemd-container (upgrade --verify)
+        "packages": ["apt-ostree", "skopeo", "systemd-container"],
     }
     treefile.write_text(json.dumps(data, indent=2) + "\n")
     return treefile

@@ -1,35 +1,32 @@
 """`compose image --secure-boot` of the minimal example with apt-ostree inside: the disk's
 signed chain (shim, GRUB, the fixed ESP config) and libostree's generated GRUB config on
-/boot, then boots under OVMF with Microsoft's keys and Secure Boot enforced that follow
-libostree's deployments: an upgrade (staged, finalized at shutdown by the guest's libostree,
-whose grub2 backend runs apt-ostree's generator) and a rollback (a reordered list)."""
+/boot. Its boots under OVMF with Microsoft's keys and Secure Boot enforced, following
+libostree's deployments through upgrades (staged, finalized at shutdown by the guest's
+libostree, whose grub2 backend runs apt-ostree's generator), trials and a rollback, are in
+tests/vm/test_trial.py's session: one guest serves both."""
 
 from __future__ import annotations
 
 import io
-import json
 import re
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from apt_ostree import ostree
 from apt_ostree.boot import grubenv
 from apt_ostree.compose import efi, image
 from apt_ostree.progress import TerminalProgress
 from tests.support import vm
 from tests.support.httpd import serve_directory
-from tests.vm.conftest import ComposedRepo, serve_next
+from tests.vm.conftest import ComposedRepo
 from tests.vm.test_image import debugfs
 
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
-BOOT_TIMEOUT = 900  # a Secure Boot boot under TCG took 2-3 min here; shim and GRUB verify
 
 
 @dataclass(frozen=True)
@@ -109,60 +106,3 @@ def test_secure_boot_image_layout(secure_image: SecureImage, tmp_path: Path) -> 
     assert env.stat().st_size == grubenv.SIZE and grubenv.read(env) == {}
     config = debugfs(disk, root, "cat /ostree/repo/config")
     assert re.search(r"^bootloader=grub2$", config, re.M), config
-
-
-def _deployments(guest: vm.VM) -> list[dict[str, Any]]:
-    deployments: list[dict[str, Any]] = json.loads(guest.check("apt-ostree status --json"))[
-        "deployments"
-    ]
-    return deployments
-
-
-def _booted(guest: vm.VM) -> dict[str, Any]:
-    return next(d for d in _deployments(guest) if d["booted"])
-
-
-def _check_secure_boot(guest: vm.VM) -> None:
-    """Enforced: the firmware's SecureBoot variable (its last byte) and the kernel's log."""
-    state = guest.check("od -An -tu1 /sys/firmware/efi/efivars/SecureBoot-*").split()
-    assert state[-1] == "1", state
-    assert "Secure boot enabled" in guest.check("journalctl -k -b -q | grep -i 'secure boot'")
-    assert "ostree=/ostree/boot." in guest.check("cat /proc/cmdline")
-
-
-@pytest.mark.vm
-def test_secure_boot_upgrade_and_rollback(
-    apt_ostree_repo: ComposedRepo, secure_image: SecureImage, tmp_path: Path
-) -> None:
-    composed = apt_ostree_repo
-    first, second = composed.checksum, composed.next_checksum
-    version = ostree.Repo.open(secure_image.repo).read_commit(second).version
-    serve_next(secure_image.repo)  # the host publishes the next version
-    with vm.boot(
-        secure_image.disk, tmp_path / "vm", timeout=BOOT_TIMEOUT, secure_boot=True
-    ) as guest:
-        # boot 1: the image's deployment, through shim, GRUB and the signed kernel
-        _check_secure_boot(guest)
-        assert f"origin:{composed.ref}" in guest.check("ostree admin status")
-        assert f"Commit: {first}" in guest.check("apt-ostree status")
-        assert _booted(guest)["checksum"] == first
-        upgraded = guest.check("apt-ostree upgrade", timeout=900)
-        assert f"Staged {second}" in upgraded
-
-        guest.reboot(timeout=BOOT_TIMEOUT)
-        # boot 2: the guest's libostree wrote the staged deployment and its GRUB config at
-        # shutdown; GRUB's first entry is the update
-        _check_secure_boot(guest)
-        booted = _booted(guest)
-        assert booted["checksum"] == second and booted["version"] == version
-        assert guest.check("cat /usr/share/apt-ostree-test/marker") == "version two\n"
-        assert guest.check("grep -c '^menuentry ' /boot/loader/grub.cfg").strip() == "2"
-        guest.check("apt-ostree rollback")
-        assert _deployments(guest)[0]["checksum"] == first
-
-        guest.reboot(timeout=BOOT_TIMEOUT)
-        # boot 3: the rollback's reordered list is GRUB's
-        _check_secure_boot(guest)
-        assert _booted(guest)["checksum"] == first
-        assert "apt-ostree-test" not in guest.check("ls /usr/share")
-        assert len(guest.boot_seconds) == 3

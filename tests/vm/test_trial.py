@@ -69,7 +69,7 @@ ETC_FILES = {
 
 def _put(guest: vm.VM, path: str, text: str, mode: str = "644") -> None:
     guest.check(
-        f"mkdir -p $(dirname {path}) && printf '%s' '{text}' > {path} && chmod {mode} {path}"
+        f"mkdir -p $(dirname {path}) && printf '%b' '{text}' > {path} && chmod {mode} {path}"
     )
 
 
@@ -107,6 +107,32 @@ def reboot_through_a_failed_trial(
     return time.monotonic() - start, time.monotonic() - reset
 
 
+def _check_secure_boot(guest: vm.VM) -> None:
+    """Enforced: the firmware's SecureBoot variable (its last byte) and the kernel's log."""
+    state = guest.check("od -An -tu1 /sys/firmware/efi/efivars/SecureBoot-*").split()
+    assert state[-1] == "1", state
+    assert "Secure boot enabled" in guest.check("journalctl -k -b -q | grep -i 'secure boot'")
+
+
+def _verify_refuses_a_masked_unit(guest: vm.VM) -> None:
+    """Scenario 5: `upgrade --verify` boots the update in a container before any reboot; with
+    a required unit masked in /etc (merged into the update), it refuses, and nothing is
+    staged. The running system is not affected (no daemon-reload)."""
+    guest.check("echo dbus.service > /etc/apt-ostree/required-units")
+    guest.check("ln -s /dev/null /etc/systemd/system/dbus.service")
+    before = guest.check("ostree admin status")
+    refused = guest.run("apt-ostree upgrade --verify", timeout=900)
+    assert refused.returncode == 1, refused
+    assert (
+        "failed its checks in a container: required check required-units failed:"
+        in (refused.output)
+        and "dbus.service is" in refused.output
+    ), refused.output
+    assert guest.check("ostree admin status") == before
+    assert _grubenv(guest) == {}
+    guest.check("rm /etc/systemd/system/dbus.service /etc/apt-ostree/required-units")
+
+
 def test_trial_boots_fall_back_and_bless(apt_ostree_repo: ComposedRepo, tmp_path: Path) -> None:
     composed = apt_ostree_repo
     repo = tmp_path / "repo"
@@ -118,84 +144,102 @@ def test_trial_boots_fall_back_and_bless(apt_ostree_repo: ComposedRepo, tmp_path
         disk = tmp_path / "disk.raw"
         opts = image.ImageOptions(
             repo=repo, ref=composed.ref, output=disk, remote=remote, etc_files=ETC_FILES,
-            bootloader=image.Bootloader.GRUB_EFI,
+            bootloader=image.Bootloader.GRUB_EFI, secure_boot=True,
         )  # fmt: skip
         image.build_image(opts, Progress())
         serve_next(repo)
-        with vm.boot(disk, tmp_path / "vm", timeout=BOOT_TIMEOUT, watchdog=True) as guest:
-            # boot 1: no trial; the update is staged as one
-            assert _booted(guest)["checksum"] == first
-            assert "aptostree.trial" not in guest.check("cat /proc/cmdline")
-            assert guest.check("systemctl is-active apt-ostree-boot-check.service") == "active\n"
-            assert "No trial boot." in guest.check("journalctl -b -o cat -u apt-ostree-boot-check")
-            guest.check("chmod 755 /etc/apt-ostree/health.d/required.d/50-app")
-            _put(guest, "/etc/apt-ostreed.conf",
-                 "[Daemon]\\nAutomaticUpdatePolicy=stage\\nBootTrialTimeout=300\\n")  # fmt: skip
-            staged = guest.check("apt-ostree upgrade", timeout=900)
-            assert f"Staged {second}" in staged and "The next boot is a trial" in staged
-            assert _status(guest)["deployments"][0]["boot-trial"] == "pending"
-            assert _grubenv(guest)["aptostree_trial"] == "pending"
+        with vm.boot(
+            disk, tmp_path / "vm", timeout=BOOT_TIMEOUT, secure_boot=True, watchdog=True
+        ) as guest:
+            _session(guest, first, second, version2)
 
-            reboot_through_a_failed_trial(guest)
-            # boot 3: back on the first deployment by itself; status says why
-            assert _booted(guest)["checksum"] == first
-            assert "aptostree.trial" not in guest.check("cat /proc/cmdline")
-            status = _status(guest)
-            failed = next(d for d in status["deployments"] if d["checksum"] == second)
-            reason = "required check 50-app failed: the app does not start (exit status 1)"
-            assert failed["boot-failure"] == reason and failed["boot-trial"] is None
-            assert [f["base-checksum"] for f in status["boot-failures"]] == [second]
-            text = guest.check("apt-ostree status")
-            assert f"BootFailed: {reason}" in text and "BlockedUpdates:" in text
-            assert "aptostree_trial" not in _grubenv(guest)
-            # the next automatic update does not stage it again, nor does upgrade
-            auto = guest.check("apt-ostree upgrade --trigger-automatic-update-policy", timeout=900)
-            assert f"Not staging {second[:12]}: it failed its trial boot" in auto, auto
-            assert not any(d["staged"] for d in _status(guest)["deployments"])
-            refused = guest.run("apt-ostree upgrade", timeout=900)
-            assert refused.returncode == 1 and "failed its trial boot" in refused.output
-            # fixed; an explicit deploy tries it again
-            guest.check("touch /etc/apt-ostree-test-allow")
-            deployed = guest.check(f"apt-ostree deploy revision={second}", timeout=900)
-            assert "The next boot is a trial" in deployed, deployed
-            assert _status(guest)["boot-failures"] == []
 
-            guest.reboot(timeout=BOOT_TIMEOUT)
-            # boot 4: the trial passed and is blessed
-            booted = _booted(guest)
-            assert booted["checksum"] == second and booted["version"] == version2
-            cmdline = guest.check("cat /proc/cmdline").split()
-            assert "aptostree.trial=300" in cmdline and "rd.emergency=reboot" in cmdline
-            assert booted["boot-trial"] is None and "aptostree_trial" not in _grubenv(guest)
-            assert _status(guest)["deployments"][0]["booted"]  # the default
-            journal = guest.check("journalctl -b -o cat -u apt-ostree-boot-check")
-            assert f"The trial boot of {second[:12]} passed" in journal, journal
-            deadline = guest.run("systemctl is-active apt-ostree-trial-deadline.service")
-            assert deadline.output.strip() == "inactive", deadline  # stopped once blessed
-            assert guest.run("test -c /dev/watchdog0").returncode == 0  # qemu's i6300esb
+def _session(guest: vm.VM, first: str, second: str, version2: str | None) -> None:
+    # boot 1: Secure Boot, no trial; verify refuses a broken update; the update is staged
+    _check_secure_boot(guest)
+    assert _booted(guest)["checksum"] == first
+    assert "aptostree.trial" not in guest.check("cat /proc/cmdline")
+    assert guest.check("systemctl is-active apt-ostree-boot-check.service") == "active\n"
+    assert "No trial boot." in guest.check("journalctl -b -o cat -u apt-ostree-boot-check")
+    guest.check("chmod 755 /etc/apt-ostree/health.d/required.d/50-app")
+    _put(guest, "/etc/apt-ostreed.conf",
+         "[Daemon]\\nAutomaticUpdatePolicy=stage\\nBootTrialTimeout=300\\n")  # fmt: skip
+    guest.check("apt-ostree reload")
+    _verify_refuses_a_masked_unit(guest)
+    staged = guest.check("apt-ostree upgrade", timeout=900)
+    assert f"Staged {second}" in staged and "The next boot is a trial" in staged
+    assert _status(guest)["deployments"][0]["boot-trial"] == "pending"
+    assert _grubenv(guest)["aptostree_trial"] == "pending"
 
-            guest.reboot(timeout=BOOT_TIMEOUT)
-            # boot 5: still the blessed deployment, not on trial
-            assert _booted(guest)["checksum"] == second
-            assert "aptostree.trial" not in guest.check("cat /proc/cmdline")
+    reboot_through_a_failed_trial(guest)
+    # boot 3: back on the first deployment by itself; status says why
+    _check_secure_boot(guest)
+    assert _booted(guest)["checksum"] == first
+    assert "aptostree.trial" not in guest.check("cat /proc/cmdline")
+    status = _status(guest)
+    failed = next(d for d in status["deployments"] if d["checksum"] == second)
+    reason = "required check 50-app failed: the app does not start (exit status 1)"
+    assert failed["boot-failure"] == reason and failed["boot-trial"] is None
+    assert [f["base-checksum"] for f in status["boot-failures"]] == [second]
+    text = guest.check("apt-ostree status")
+    assert f"BootFailed: {reason}" in text and "BlockedUpdates:" in text
+    assert "aptostree_trial" not in _grubenv(guest)
+    # the next automatic update does not stage it again, nor does upgrade
+    auto = guest.check("apt-ostree upgrade --trigger-automatic-update-policy", timeout=900)
+    assert f"Not staging {second[:12]}: it failed its trial boot" in auto, auto
+    assert not any(d["staged"] for d in _status(guest)["deployments"])
+    refused = guest.run("apt-ostree upgrade", timeout=900)
+    assert refused.returncode == 1 and "failed its trial boot" in refused.output
+    # fixed; an explicit deploy tries it again
+    guest.check("touch /etc/apt-ostree-test-allow")
+    deployed = guest.check(f"apt-ostree deploy revision={second}", timeout=900)
+    assert "The next boot is a trial" in deployed, deployed
+    assert _status(guest)["boot-failures"] == []
 
-            # a unit that blocks the boot, behind a kernel argument only the trial has
-            guest.check("systemctl enable apt-ostree-test-hang.service")
-            _put(guest, "/etc/apt-ostreed.conf", "[Daemon]\\nBootTrialTimeout=90\\n")
-            kargs = guest.check("apt-ostree kargs --append=apt_ostree_test_hang", timeout=900)
-            assert "Kernel arguments updated" in kargs, kargs
-            assert _status(guest)["deployments"][0]["boot-trial"] == "pending"
+    guest.reboot(timeout=BOOT_TIMEOUT)
+    # boot 4: the trial passed and is blessed
+    booted = _booted(guest)
+    assert booted["checksum"] == second and booted["version"] == version2
+    cmdline = guest.check("cat /proc/cmdline").split()
+    assert "aptostree.trial=300" in cmdline and "rd.emergency=reboot" in cmdline
+    assert booted["boot-trial"] is None and "aptostree_trial" not in _grubenv(guest)
+    assert _status(guest)["deployments"][0]["booted"]  # the default
+    journal = guest.check("journalctl -b -o cat -u apt-ostree-boot-check")
+    assert f"The trial boot of {second[:12]} passed" in journal, journal
+    deadline = guest.run("systemctl is-active apt-ostree-trial-deadline.service")
+    assert deadline.output.strip() == "inactive", deadline  # stopped once blessed
+    assert guest.run("test -c /dev/watchdog0").returncode == 0  # qemu's i6300esb
 
-            reboot_through_a_failed_trial(guest)
-            # boot 7: the blessed deployment again, without the argument; status says why
-            booted = _booted(guest)
-            assert booted["checksum"] == second
-            assert "apt_ostree_test_hang" not in booted["kernel-arguments"]
-            assert "apt_ostree_test_hang" not in guest.check("cat /proc/cmdline")
-            hung = _status(guest)["deployments"][1]
-            assert "apt_ostree_test_hang" in hung["kernel-arguments"]
-            assert re.match(
-                r"the trial boot did not bless itself within 90 s", hung["boot-failure"]
-            )
-            assert "apt-ostree-test-hang.service" in hung["boot-failure"], hung
-            assert len(guest.boot_seconds) == 5  # and the two trials that rebooted themselves
+    guest.reboot(timeout=BOOT_TIMEOUT)
+    # boot 5: still the blessed deployment, not on trial; then a rollback, never a trial
+    _check_secure_boot(guest)
+    assert _booted(guest)["checksum"] == second
+    assert "aptostree.trial" not in guest.check("cat /proc/cmdline")
+    guest.check("apt-ostree rollback")
+    assert [d["checksum"] for d in _status(guest)["deployments"]] == [first, second]
+    assert all(d["boot-trial"] is None for d in _status(guest)["deployments"])
+    assert _grubenv(guest) == {}
+
+    guest.reboot(timeout=BOOT_TIMEOUT)
+    # boot 6: the rollback's first deployment, under Secure Boot; then a kernel argument that
+    # makes a unit block the boot, which only the staged deployment has
+    _check_secure_boot(guest)
+    assert _booted(guest)["checksum"] == first
+    assert "aptostree.trial" not in guest.check("cat /proc/cmdline")
+    guest.check("systemctl enable apt-ostree-test-hang.service")
+    _put(guest, "/etc/apt-ostreed.conf", "[Daemon]\\nBootTrialTimeout=90\\n")
+    kargs = guest.check("apt-ostree kargs --append=apt_ostree_test_hang", timeout=900)
+    assert "Kernel arguments updated" in kargs, kargs
+    assert _status(guest)["deployments"][0]["boot-trial"] == "pending"
+
+    reboot_through_a_failed_trial(guest)
+    # boot 8: the first deployment again, without the argument; status says why
+    booted = _booted(guest)
+    assert booted["checksum"] == first
+    assert "apt_ostree_test_hang" not in booted["kernel-arguments"]
+    assert "apt_ostree_test_hang" not in guest.check("cat /proc/cmdline")
+    hung = _status(guest)["deployments"][1]
+    assert "apt_ostree_test_hang" in hung["kernel-arguments"]
+    assert re.match(r"the trial boot did not bless itself within 90 s", hung["boot-failure"])
+    assert "apt-ostree-test-hang.service" in hung["boot-failure"], hung
+    assert len(guest.boot_seconds) == 6  # and the two trials that rebooted themselves

@@ -55,8 +55,12 @@ NO_BLESSING = (
 
 def trial_kargs(timeout: int) -> str:
     """The kernel arguments GRUB adds to a trial boot."""
+    # dracut waits for the root device forever by default: rd.timeout bounds that wait (a
+    # kernel or initramfs without the root filesystem's driver), rd.emergency=reboot turns
+    # its emergency shell into a reboot; panic= reboots a panicked kernel; systemd arms the
+    # hardware watchdog (RuntimeWatchdogSec) for a hung kernel or PID 1
     return (
-        f"aptostree.trial={timeout} panic=10 rd.emergency=reboot rd.shell=0"
+        f"aptostree.trial={timeout} panic=10 rd.timeout=120 rd.emergency=reboot rd.shell=0"
         " systemd.watchdog_sec=60"
     )
 

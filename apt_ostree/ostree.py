@@ -715,6 +715,28 @@ class Sysroot:
         finally:
             self.load()
 
+    def prepare_deployment(
+        self,
+        osname: str,
+        checksum: str,
+        origin: str,
+        *,
+        merge: Deployment | None,
+        kargs: Sequence[str] | None,
+    ) -> Path:
+        """The tree a deployment of `checksum` would have, /etc merged from `merge` by
+        libostree, written as a deployment folder but not into the boot list: `cleanup()`
+        removes it. (A staged deployment's /etc is merged only at shutdown.)"""
+        merge_gi = self._find(merge) if merge is not None else None
+        argv = list(kargs) if kargs is not None else None
+        try:
+            _, new = self._sysroot.deploy_tree(
+                osname, checksum, _keyfile(origin), merge_gi, argv, None
+            )
+        except GLib.Error as e:
+            raise _fail(f"cannot check out {checksum}", e) from e
+        return self.path / str(self._sysroot.get_deployment_dirpath(new))
+
     def write_order(self, deployments: Sequence[Deployment]) -> None:
         """Make the deployment list exactly `deployments` (reorder or drop; the first boots)."""
         new = [self._find(d) for d in deployments]

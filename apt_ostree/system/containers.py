@@ -117,11 +117,11 @@ def deploy(
     *,
     verify: bool = False,
 ) -> Outcome:
-    deployed = system.deploy(pulled.checksum, origin, merge)
-    verified = (trials.verify_new(system, deployed),) if verify else ()
+    check = trials.verify(pulled.checksum, system.progress) if verify else None
+    deployed = system.deploy(pulled.checksum, origin, merge, check=check)
     c = system.commit(deployed)
     diff = system.package_diff(merge.checksum, deployed)
-    lines = (*system.deployed_lines(deployed), f"  image digest: {pulled.image.digest}", *verified)
+    lines = (*system.deployed_lines(deployed), f"  image digest: {pulled.image.digest}")
     return Outcome(True, lines, diff, deployed, c.version, deployed=True)
 
 

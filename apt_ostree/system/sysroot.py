@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,9 +318,13 @@ class System:
         kargs: Sequence[str] | None = None,
         relayer: bool = True,
         allow_inactive: bool = True,
+        check: Callable[[Path], str] | None = None,
     ) -> str:
         """Deploy `base` plus the origin's layered packages and overrides (rebuilt from the
-        pristine base, never from the current deployment); return the deployed commit."""
+        pristine base, never from the current deployment); return the deployed commit.
+
+        `check`, when given, first sees the new tree as it would boot (/etc merged) and
+        raises to refuse it: nothing is deployed then; its line is shown otherwise."""
         checksum = base
         if relayer:
             target = LayerTarget(
@@ -333,6 +337,8 @@ class System:
                 recommends=self.settings.recommends,
             )
             checksum, _ = build_layered(target, self.progress)
+        if check is not None:
+            self.progress.message(self._checked(checksum, origin, merge, kargs, check))
         stage = self.sysroot.is_booted()
         if stage:  # after a reboot, apply-live's ref only pins an old commit
             drop_stale_ref(
@@ -359,6 +365,24 @@ class System:
                         f"    accounts added to /etc: {' '.join(sorted(set(added)))}"
                     )
         return checksum
+
+    def _checked(
+        self,
+        checksum: str,
+        origin: Origin,
+        merge: ostree.Deployment,
+        kargs: Sequence[str] | None,
+        check: Callable[[Path], str],
+    ) -> str:
+        with self.progress.step(f"Checking out {checksum[:12]} to check it"):
+            root = self.sysroot.prepare_deployment(
+                self.osname(), checksum, origin.to_text(), merge=merge,
+                kargs=kargs if kargs is not None else merge.kargs,
+            )  # fmt: skip
+        try:
+            return check(root)
+        finally:
+            self.sysroot.cleanup()  # the checked tree was never in the boot list
 
     def _arm_trial(self, base: str) -> None:
         """Put the deployment just staged on trial at the next boot, where the machine boots

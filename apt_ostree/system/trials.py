@@ -4,11 +4,13 @@ that failed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from apt_ostree import keys, ostree
 from apt_ostree.boot import health, trial
-from apt_ostree.errors import AptOstreeError, RefusedError
+from apt_ostree.errors import RefusedError
+from apt_ostree.progress import Progress
 from apt_ostree.run import run
 from apt_ostree.system.requests import BootCheck
 from apt_ostree.system.results import Outcome
@@ -38,34 +40,21 @@ def blocked_line(system: System, base: str) -> str | None:
 VERIFY_TIMEOUT = 300.0  # seconds for the container's boot and checks
 
 
-def verify_new(system: System, checksum: str) -> str:
-    """`upgrade --verify`: boot the deployment just made (staged on a booted machine, the
-    default in a folder sysroot) in a container and run the required health checks there.
-    On failure it is dropped, with its trial, and the deployments are as they were."""
+def verify(checksum: str, progress: Progress) -> Callable[[Path], str]:
+    """`upgrade --verify`'s check for `System.deploy`: the new tree, /etc merged, booted in a
+    container with the required health checks; refused (nothing deployed) when they fail."""
     from apt_ostree.boot.verify import verify_tree
 
-    deployments = system.sysroot.deployments()
-    staged = [d for d in deployments if d.staged]
-    new = staged[0] if staged else deployments[0]
-    try:
-        report = verify_tree(new.path, timeout=VERIFY_TIMEOUT, progress=system.progress)
-    except AptOstreeError:
-        _drop(system, new)
-        raise
-    if report.ok:
-        return f"Verified {checksum[:12]} in a container: the required health checks pass."
-    _drop(system, new)
-    raise RefusedError(
-        f"{checksum[:12]} failed its checks in a container: {report.reason()};"
-        " the deployments are as they were"
-    )
+    def check(root: Path) -> str:
+        report = verify_tree(root, timeout=VERIFY_TIMEOUT, progress=progress)
+        if not report.ok:
+            raise RefusedError(
+                f"{checksum[:12]} failed its checks in a container: {report.reason()};"
+                " nothing was deployed"
+            )
+        return "    the required health checks pass in a container"
 
-
-def _drop(system: System, new: ostree.Deployment) -> None:
-    """Take the deployment `verify_new` checked out of the list again, with its trial."""
-    system.sysroot.write_order([d for d in system.sysroot.deployments() if d.id != new.id])
-    trial.disarm(system.sysroot.path, system.var())
-    system.sysroot.cleanup()
+    return check
 
 
 def _reorder(system: System, deployment_id: str) -> None:

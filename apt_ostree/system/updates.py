@@ -9,7 +9,6 @@ stay available for rollback.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 from apt_ostree import ostree
@@ -75,10 +74,9 @@ def upgrade(system: System, request: Upgrade) -> Outcome:
         if request.download_only:
             return Outcome(True, (f"Downloaded {new} (version {target.version or '-'})",))
         trials.refuse_blocked(system, new)
-        deployed = system.deploy(new, origin, merge)
-        verified = trials.verify_new(system, deployed) if request.verify else None
-        outcome = _deployed(system, merge, deployed)
-        return replace(outcome, lines=(*outcome.lines, verified)) if verified else outcome
+        check = trials.verify(new, system.progress) if request.verify else None
+        deployed = system.deploy(new, origin, merge, check=check)
+        return _deployed(system, merge, deployed)
 
 
 def _new_commit(system: System, refspec: Refspec, *, cache_only: bool) -> str:

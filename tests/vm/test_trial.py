@@ -227,7 +227,7 @@ def _session(guest: vm.VM, first: str, second: str, version2: str | None) -> Non
     assert _booted(guest)["checksum"] == first
     assert "aptostree.trial" not in guest.check("cat /proc/cmdline")
     guest.check("systemctl enable apt-ostree-test-hang.service")
-    _put(guest, "/etc/apt-ostreed.conf", "[Daemon]\\nBootTrialTimeout=90\\n")
+    _put(guest, "/etc/apt-ostreed.conf", "[Daemon]\\nBootTrialTimeout=60\\n")
     kargs = guest.check("apt-ostree kargs --append=apt_ostree_test_hang", timeout=900)
     assert "Kernel arguments updated" in kargs, kargs
     assert _status(guest)["deployments"][0]["boot-trial"] == "pending"
@@ -240,6 +240,6 @@ def _session(guest: vm.VM, first: str, second: str, version2: str | None) -> Non
     assert "apt_ostree_test_hang" not in guest.check("cat /proc/cmdline")
     hung = _status(guest)["deployments"][1]
     assert "apt_ostree_test_hang" in hung["kernel-arguments"]
-    assert re.match(r"the trial boot did not bless itself within 90 s", hung["boot-failure"])
+    assert re.match(r"the trial boot did not bless itself within 60 s", hung["boot-failure"])
     assert "apt-ostree-test-hang.service" in hung["boot-failure"], hung
     assert len(guest.boot_seconds) == 6  # and the two trials that rebooted themselves

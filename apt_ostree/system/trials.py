@@ -17,6 +17,7 @@ from apt_ostree.system.results import Outcome
 from apt_ostree.system.sysroot import System
 
 DEADLINE_UNIT = "apt-ostree-trial-deadline.service"
+VERIFY_TIMEOUT = 300.0  # seconds for the container's boot and checks (upgrade --verify)
 
 
 def refuse_blocked(system: System, base: str) -> None:
@@ -35,9 +36,6 @@ def blocked_line(system: System, base: str) -> str | None:
     if failure is None:
         return None
     return f"Not staging {base[:12]}: it failed its trial boot ({failure.reason})"
-
-
-VERIFY_TIMEOUT = 300.0  # seconds for the container's boot and checks
 
 
 def verify(checksum: str, progress: Progress) -> Callable[[Path], str]:
@@ -92,16 +90,24 @@ def boot_check(system: System, request: BootCheck) -> Outcome:
                 trial.disarm(path, var)
                 return Outcome(False, ("The deployment on trial is gone: no trial.",))
             case trial.Verdict.FELL_BACK:
-                assert booted is not None
-                note = _deadline_note(var)
-                back_on = system.commit(booted.checksum).base_checksum
-                trial.record_failure(var, state, note or trial.NO_BLESSING, back_on=back_on)
-                _reorder(system, booted.id)
-                trial.disarm(path, var)
-                return Outcome(True, (f"The trial of {state.trial.checksum[:12]} failed: "  # type: ignore[union-attr]
-                                      f"{note or trial.NO_BLESSING}; {booted.checksum[:12]} stays"
-                                      " the default.",), deployed=True)  # fmt: skip
+                assert booted is not None and state.trial is not None
+                return _fell_back(system, state, state.trial, booted)
         return _check_trial(system, state, booted, request)
+
+
+def _fell_back(
+    system: System, state: trial.TrialState, t: trial.Trial, booted: ostree.Deployment
+) -> Outcome:
+    """The trial never came back to judge itself and GRUB booted the previous entry: record
+    why, as the deadline noted it if it did, and keep the booted deployment first."""
+    path, var = system.sysroot.path, system.var()
+    reason = _deadline_note(var) or trial.NO_BLESSING
+    back_on = system.commit(booted.checksum).base_checksum
+    trial.record_failure(var, state, reason, back_on=back_on)
+    _reorder(system, booted.id)
+    trial.disarm(path, var)
+    line = f"The trial of {t.checksum[:12]} failed: {reason}"
+    return Outcome(True, (line, f"{booted.checksum[:12]} stays the default."), deployed=True)
 
 
 def _check_trial(
@@ -128,7 +134,9 @@ def _check_trial(
     trial.disarm(path, var)
     _stop_deadline()
     lines = [f"The trial boot of {t.checksum[:12]} failed: {reason}"]
-    if previous is not None:
+    if previous is None:
+        lines.append(f"{t.previous} is gone: there is no deployment to come back to.")
+    else:
         lines.append(f"{previous.checksum[:12]} is the default again; rebooting into it.")
         if request.reboot and Path(keys.BOOTED_MARKER).exists():
             run(["systemctl", "reboot"], check=False)

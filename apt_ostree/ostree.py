@@ -687,6 +687,7 @@ class Sysroot:
         kargs: Sequence[str] | None,
         stage: bool,
         clean: bool = True,
+        write: bool = True,
     ) -> Path | None:
         """Deploy `checksum` as the new default of `osname`, keeping the merge deployment;
         return the new deployment's root (None when staged: written at shutdown).
@@ -695,6 +696,9 @@ class Sysroot:
         /etc merged then); in a folder sysroot it is written at once, and unless `clean` is
         false the trees of the deployments it drops are removed and the repository pruned
         (`cleanup()`: that costs what the image weighs, so a caller may do it later).
+        With `write` false (and not `stage`) the deployment's folder is made, /etc merged, but
+        it is not written into the boot list: the tree as it would boot, for a check, which
+        `cleanup()` removes.
         """
         merge_gi = self._find(merge) if merge is not None else None
         argv = list(kargs) if kargs is not None else None
@@ -705,37 +709,16 @@ class Sysroot:
             _, new = self._sysroot.deploy_tree(
                 osname, checksum, _keyfile(origin), merge_gi, argv, None
             )
-            flags = OSTree.SysrootSimpleWriteDeploymentFlags
-            self._sysroot.simple_write_deployment(
-                osname, new, merge_gi, flags.NONE if clean else flags.NO_CLEAN, None
-            )
+            if write:
+                flags = OSTree.SysrootSimpleWriteDeploymentFlags
+                self._sysroot.simple_write_deployment(
+                    osname, new, merge_gi, flags.NONE if clean else flags.NO_CLEAN, None
+                )
             return self.path / str(self._sysroot.get_deployment_dirpath(new))
         except GLib.Error as e:
             raise _fail(f"cannot deploy {checksum}", e) from e
         finally:
             self.load()
-
-    def prepare_deployment(
-        self,
-        osname: str,
-        checksum: str,
-        origin: str,
-        *,
-        merge: Deployment | None,
-        kargs: Sequence[str] | None,
-    ) -> Path:
-        """The tree a deployment of `checksum` would have, /etc merged from `merge` by
-        libostree, written as a deployment folder but not into the boot list: `cleanup()`
-        removes it. (A staged deployment's /etc is merged only at shutdown.)"""
-        merge_gi = self._find(merge) if merge is not None else None
-        argv = list(kargs) if kargs is not None else None
-        try:
-            _, new = self._sysroot.deploy_tree(
-                osname, checksum, _keyfile(origin), merge_gi, argv, None
-            )
-        except GLib.Error as e:
-            raise _fail(f"cannot check out {checksum}", e) from e
-        return self.path / str(self._sysroot.get_deployment_dirpath(new))
 
     def write_order(self, deployments: Sequence[Deployment]) -> None:
         """Make the deployment list exactly `deployments` (reorder or drop; the first boots)."""

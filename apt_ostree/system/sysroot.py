@@ -375,10 +375,11 @@ class System:
         check: Callable[[Path], str],
     ) -> str:
         with self.progress.step(f"Checking out {checksum[:12]} to check it"):
-            root = self.sysroot.prepare_deployment(
+            root = self.sysroot.deploy(
                 self.osname(), checksum, origin.to_text(), merge=merge,
-                kargs=kargs if kargs is not None else merge.kargs,
+                kargs=kargs if kargs is not None else merge.kargs, stage=False, write=False,
             )  # fmt: skip
+            assert root is not None
         try:
             return check(root)
         finally:

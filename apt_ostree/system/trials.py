@@ -86,8 +86,9 @@ def boot_check(system: System, request: BootCheck) -> Outcome:
             case trial.Verdict.NONE:
                 trial.disarm(path, var)
                 return Outcome(False, ("No trial boot.",))
-            case trial.Verdict.GONE:
+            case trial.Verdict.GONE:  # dropped before it booted: this boot had trial args
                 trial.disarm(path, var)
+                _stop_deadline()
                 return Outcome(False, ("The deployment on trial is gone: no trial.",))
             case trial.Verdict.FELL_BACK:
                 assert booted is not None and state.trial is not None

@@ -256,6 +256,8 @@ def cleanup(system: System, request: Cleanup) -> Outcome:
             cut = own[: own.index(current)]
             keep = [d for d in keep if d not in cut]
             lines += [f"Removed pending deployment {d.id}" for d in cut]
+            if cut:  # the trial of a pending deployment goes with it
+                trial.disarm(system.sysroot.path, system.var())
         if request.rollback and current is not None:
             cut = own[own.index(current) + 1 :]
             keep = [d for d in keep if d not in cut]

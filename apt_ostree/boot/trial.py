@@ -42,7 +42,10 @@ from apt_ostree.boot import grubcfg, grubenv
 from apt_ostree.boot.health import HealthReport
 from apt_ostree.errors import StateError
 
-STATE = "lib/apt-ostree/boot-trial.json"  # in the stateroot's /var
+# in the stateroot's /var: the armed trial alone (apt-ostree-boot-check.service runs only
+# while it exists), and the failures kept for status and the blocklist
+TRIAL_FILE = "lib/apt-ostree/boot-trial.json"
+FAILURES_FILE = "lib/apt-ostree/boot-failures.json"
 DEADLINE_NOTE = "lib/apt-ostree/trial-deadline"  # written by the deadline before it reboots
 GRUBENV = "boot" + grubcfg.GRUBENV  # in the sysroot
 DEFAULT_TIMEOUT = 600  # seconds for a trial boot to bless itself
@@ -104,19 +107,6 @@ class TrialState:
     def failure_of(self, deployment_id: str) -> Failure | None:
         return next((f for f in reversed(self.failures) if f.deployment == deployment_id), None)
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "trial": asdict(self.trial) if self.trial else None,
-            "failures": [asdict(f) for f in self.failures],
-        }
-
-    @staticmethod
-    def from_json(data: dict[str, Any]) -> TrialState:
-        t = data.get("trial")
-        return TrialState(
-            Trial(**t) if t else None, tuple(Failure(**f) for f in data.get("failures", ()))
-        )
-
 
 def enabled(sysroot: Path) -> bool:
     """Whether the sysroot boots through apt-ostree's GRUB config (grub2 backend, grubenv)."""
@@ -129,21 +119,36 @@ def enabled(sysroot: Path) -> bool:
     return bootloader == "grub2" and (sysroot / GRUBENV).is_file()
 
 
-def load(var: Path) -> TrialState:
+def _read(path: Path) -> Any:
     try:
-        return TrialState.from_json(json.loads((var / STATE).read_text()))
+        return json.loads(path.read_text())
     except FileNotFoundError:
-        return TrialState()
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise StateError(f"{var / STATE}: {e}") from e
+        return None
+    except (OSError, ValueError) as e:
+        raise StateError(f"{path}: {e}") from e
+
+
+def _write(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def load(var: Path) -> TrialState:
+    t, failures = _read(var / TRIAL_FILE), _read(var / FAILURES_FILE) or []
+    try:
+        return TrialState(Trial(**t) if t else None, tuple(Failure(**f) for f in failures))
+    except TypeError as e:
+        raise StateError(f"{var / FAILURES_FILE}: {e}") from e
 
 
 def save(var: Path, state: TrialState) -> None:
-    path = var / STATE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(state.to_json(), indent=2) + "\n")
-    tmp.replace(path)
+    if state.trial is None:
+        (var / TRIAL_FILE).unlink(missing_ok=True)
+    else:
+        _write(var / TRIAL_FILE, asdict(state.trial))
+    _write(var / FAILURES_FILE, [asdict(f) for f in state.failures])
 
 
 def set_env(sysroot: Path, *, pending: bool, timeout: int = DEFAULT_TIMEOUT) -> None:

@@ -5,8 +5,9 @@ for VM tests get machine-local files in /etc (`GUEST_ETC_FILES`, handed to `comp
 `etc_files`; the commit itself is the plain one):
 
 - `apt-ostree-test/agent.sh`, run by `apt-ostree-test-agent.service`, which
-  `multi-user.target.d/` pulls in and which is ordered after multi-user.target: its first
-  line, `@@READY@@`, means that the guest reached multi-user;
+  `multi-user.target.d/` pulls in and which is ordered after multi-user.target and
+  apt-ostree-boot-check.service: its first line, `@@READY@@`, means that the guest reached
+  multi-user and a trial boot was judged (one that failed reboots before it);
 - a systemd-networkd config taking DHCP on the virtio NIC, so the guest reaches the host's
   loopback as 10.0.2.2 (qemu user networking).
 
@@ -73,7 +74,8 @@ done
 
 AGENT_UNIT = """[Unit]
 Description=apt-ostree test agent on ttyS1
-After=multi-user.target
+# READY once the boot is up and judged: a trial boot that fails reboots before it
+After=multi-user.target apt-ostree-boot-check.service
 
 [Service]
 ExecStart=/bin/bash /etc/apt-ostree-test/agent.sh

@@ -28,7 +28,6 @@ from tests.vm.test_image import debugfs
 pytestmark = [pytest.mark.network, pytest.mark.slow]
 
 
-
 @dataclass(frozen=True)
 class SecureImage:
     disk: Path

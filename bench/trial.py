@@ -1,10 +1,11 @@
 """Trial boots benchmark (issue 15): what a trial costs a good update, and how long a bad one
 keeps the machine away from its previous deployment.
 
-The image: the minimal example with apt-ostree inside (tests/vm/conftest.py's compose, its two
-versions), as a `--bootloader grub-efi` image with tests/vm/test_trial.py's /etc (a required
-health check that fails on the second version unless /etc/apt-ostree-test-allow exists; the
-test agent's READY ordered after apt-ostree-boot-check, so READY means the boot was judged).
+The image: the minimal example with apt-ostree inside (tests/vm/conftest.py's treefiles, its
+two versions, composed into a cache of the benchmark's own), as a `--bootloader grub-efi`
+image with tests/vm/test_trial.py's /etc (a required health check that fails on the second
+version unless /etc/apt-ostree-test-allow exists; the test agent's READY is ordered after
+apt-ostree-boot-check, so READY means the boot was judged).
 One guest, under qemu TCG with the i6300esb watchdog; each round, from the first version:
 
 1. baseline: `BootTrialTimeout=0`, `deploy revision=SECOND`: a staged update without a trial;
@@ -37,12 +38,10 @@ from apt_ostree.progress import Progress
 from bench.common import machine_line, write_section
 from tests.support import vm
 from tests.support.aptrepo import shared_gpg_key
-from tests.support.debian import cache_lock, compose_from_archive
+from tests.support.debian import CACHE, cache_lock, compose_from_archive
 from tests.support.httpd import serve_directory
 from tests.vm.conftest import (
-    APT_OSTREE_DEBS,
     APT_OSTREE_REF,
-    APT_OSTREE_REPO,
     NEXT_REF,
     apt_ostree_treefile,
     build_apt_ostree_deb,
@@ -55,15 +54,22 @@ from tests.vm.test_trial import ETC_FILES, reboot_through_a_failed_trial
 BOOT_TIMEOUT = 900
 
 
+BENCH_DEBS = CACHE / "bench-trial" / "debs"
+BENCH_REPO = CACHE / "bench-trial" / "repo"
+
+
 def compose() -> tuple[str, str]:
-    """The two versions, composed into the tests' cache (a no-change compose when current)."""
-    with cache_lock(APT_OSTREE_DEBS / "lock"):
-        shutil.rmtree(APT_OSTREE_DEBS / "build", ignore_errors=True)
-        deb = build_apt_ostree_deb(APT_OSTREE_DEBS / "build")
-        treefile = apt_ostree_treefile(APT_OSTREE_DEBS, publish_apt_ostree(deb, shared_gpg_key()))
-        compose_from_archive(treefile, APT_OSTREE_REPO)
-        compose_from_archive(next_treefile(APT_OSTREE_DEBS, treefile), APT_OSTREE_REPO)
-        repo = ostree.Repo.open(APT_OSTREE_REPO)
+    """The two versions of the tests' image with apt-ostree inside, composed into a cache of
+    the benchmark's own (the tests' is signed with their session's key: sharing it would
+    compose anew under a running test)."""
+    with cache_lock(BENCH_DEBS / "lock"):
+        shutil.rmtree(BENCH_DEBS / "build", ignore_errors=True)
+        deb = build_apt_ostree_deb(BENCH_DEBS / "build")
+        debs = publish_apt_ostree(deb, shared_gpg_key(), BENCH_DEBS)
+        treefile = apt_ostree_treefile(BENCH_DEBS, debs)
+        compose_from_archive(treefile, BENCH_REPO)
+        compose_from_archive(next_treefile(BENCH_DEBS, treefile), BENCH_REPO)
+        repo = ostree.Repo.open(BENCH_REPO)
         first, second = repo.resolve_ref(APT_OSTREE_REF), repo.resolve_ref(NEXT_REF)
     assert first and second
     return first, second
@@ -139,7 +145,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="apt-ostree-bench-trial-", dir="/var/tmp"))
     try:
         repo = scratch / "repo"
-        subprocess.run(["cp", "-al", str(APT_OSTREE_REPO), str(repo)], check=True)
+        subprocess.run(["cp", "-al", str(BENCH_REPO), str(repo)], check=True)
         with serve_directory(repo) as updates:
             url = f"http://{vm.HOST_FROM_GUEST}:{updates.port}/"
             disk = scratch / "disk.raw"
